@@ -1,0 +1,21 @@
+"""Sphinx configuration for the reconnecting documentation."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "reconnecting"
+copyright = "2007-2026, the reconnecting authors"
+extensions = ["sphinx.ext.autodoc"]
+html_theme = "furo"
+exclude_patterns = ["_build"]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = True
+nitpick_ignore_regex = [
+    # Driver objects are duck-typed; these names are not documented here.
+    ("py:class", r"(types\.)?TracebackType"),
+    # The sys.exc_info() triple, spelled out in Retry's docstring.
+    ("py:class", r"ExcInfo"),
+]

@@ -1,0 +1,603 @@
+"""A DB-API connection that survives the loss of its server connection.
+
+:class:`ReconnectingConnection` wraps a connection factory (a function that
+returns a new DB-API connection each time it is called).  When an operation
+finds the server gone, the operation raises :class:`Retry` and the
+connection refuses all work until the caller calls ``rollback()``.  After
+that, the same connection and cursor objects carry on with a fresh server
+connection from the factory.
+
+This module uses the standard library only and duck-types the driver, so it
+can be copied into a project on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "CommitOutcomeUnknown",
+    "DisconnectedConnectionError",
+    "ReconnectingConnection",
+    "ReconnectingCursor",
+    "Retry",
+    "is_disconnection",
+]
+
+log = logging.getLogger("reconnecting")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class Retry(Exception):  # noqa: N818 (the name Zope code catches)
+    """The unit of work was interrupted by an outage: roll back and redo it.
+
+    ``orig_exc`` is the ``sys.exc_info()`` triple of the error that caused it,
+    as with ``zope.publisher``'s ``Retry``.
+    """
+
+    def __init__(self, orig_exc: ExcInfo | None = None) -> None:
+        super().__init__(orig_exc)
+        self.orig_exc = orig_exc
+
+    def getOriginalException(self) -> ExcInfo | None:  # noqa: N802 (Zope API)
+        """Return the ``(type, value, traceback)`` triple of the cause."""
+        return self.orig_exc
+
+    def __str__(self) -> str:
+        if self.orig_exc is None:
+            return "Retry"
+        exc_type, exc, _ = self.orig_exc
+        return f"{exc_type.__name__}: {exc}".strip()
+
+
+class DisconnectedConnectionError(Exception):
+    """The connection was lost and ``rollback()`` has not been called yet."""
+
+
+class CommitOutcomeUnknown(Exception):  # noqa: N818 (it is not an error of ours)
+    """The connection broke during ``COMMIT`` and the outcome is unknown.
+
+    The transaction may or may not have committed, so redoing it is not
+    safe.  ``transaction_id`` is the server's id for it: once the server is
+    back, ``SELECT pg_xact_status('<id>')`` tells what happened.  Like after
+    any outage, the connection needs ``rollback()`` before further use.
+    """
+
+    def __init__(self, transaction_id: str, reason: str) -> None:
+        super().__init__(transaction_id, reason)
+        self.transaction_id = transaction_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"transaction {self.transaction_id}: {self.reason}"
+
+
+# SQLSTATEs that mean the session is gone: admin shutdown, crash shutdown,
+# cannot connect now, database dropped, idle session timeout, and the idle
+# in transaction / transaction timeouts.  Class 08 is handled separately.
+DISCONNECT_SQLSTATES = frozenset(
+    {"57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25P04"}
+)
+# What libpq and the drivers say when the link breaks; used only when the
+# error carries no SQLSTATE.
+DISCONNECT_MESSAGES = (
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+    "could not send data to server",
+    "ssl syscall error",
+    "ssl connection has been closed unexpectedly",
+    "ssl error: unexpected eof",
+    "connection already closed",
+    "no connection to the server",
+    "lost synchronization with server",
+    "the connection is lost",
+    "connection not open",
+    "terminating connection",
+    "connection reset by peer",
+    "broken pipe",
+)
+# Connect failures that mean "no server there right now", as opposed to
+# "you may not come in" (bad password, unknown database).
+UNREACHABLE_MESSAGES = DISCONNECT_MESSAGES + (
+    "connection refused",
+    "could not connect to server",
+    "timeout expired",
+    "connection timed out",
+    "no route to host",
+    "network is unreachable",
+    "no such file or directory",  # unix socket missing: server down
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "sorry, too many clients already",
+)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    # psycopg 3 calls it sqlstate, psycopg2 pgcode.
+    return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+
+
+def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
+    for line in str(exc).lower().splitlines():
+        line = line.strip()
+        for severity in ("fatal:", "error:"):
+            if line.startswith(severity):
+                line = line[len(severity) :].strip()
+        if line.startswith(messages):
+            return True
+    return False
+
+
+def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
+    """Tell whether ``exc`` means the server connection is lost.
+
+    ``raw_connection`` is the driver connection the error came from, or
+    ``None`` when the error came from the connection factory.  The rules run
+    from structure to text: the driver's own verdict on the connection, then
+    the SQLSTATE, and only when there is none, the message.
+    """
+    if not isinstance(exc, Exception):
+        return False
+    if raw_connection is None:
+        # Connecting: only "nobody is there (yet)" counts, never a refusal.
+        sqlstate = _sqlstate(exc)
+        if sqlstate is not None:
+            return sqlstate.startswith("08") or sqlstate in ("57P03", "53300")
+        return _says(exc, UNREACHABLE_MESSAGES)
+    # psycopg2: closed is 0 open, 1 closed, 2 broken; psycopg 3 has broken.
+    if getattr(raw_connection, "closed", False) or getattr(
+        raw_connection, "broken", False
+    ):
+        return True
+    sqlstate = _sqlstate(exc)
+    if sqlstate is not None:
+        return sqlstate.startswith("08") or sqlstate in DISCONNECT_SQLSTATES
+    return _says(exc, DISCONNECT_MESSAGES)
+
+
+def _already_disconnected() -> Retry:
+    error = DisconnectedConnectionError("Already disconnected")
+    return Retry((DisconnectedConnectionError, error, None))
+
+
+class ReconnectingConnection:
+    """A DB-API connection that reconnects after ``rollback()``.
+
+    ``connection_factory`` is called with no arguments whenever a server
+    connection is needed, first on first use.  Session settings made through
+    this object (``autocommit``, ``isolation_level``, ``readonly``,
+    ``deferrable``, ``set_session()``, ``set_isolation_level()``) are
+    remembered and applied to every new server connection.
+
+    With ``resolve_commit=True``, a ``commit()`` whose connection breaks
+    before its reply arrives asks the server, over a new connection, what
+    became of the transaction, for up to ``resolve_timeout`` seconds: see
+    :meth:`commit`.
+    """
+
+    _SESSION_METHODS = frozenset({"set_session", "set_isolation_level"})
+
+    def __init__(
+        self,
+        connection_factory: Callable[[], Any],
+        *,
+        resolve_commit: bool = False,
+        resolve_timeout: float = 10.0,
+    ) -> None:
+        self._factory = connection_factory
+        self._resolve_commit = resolve_commit
+        self._resolve_timeout = resolve_timeout
+        self._raw: Any | None = None
+        self._last_raw: Any | None = None
+        self._disconnected = False
+        self._closed = False
+        self._session: dict[str, tuple[str, tuple, dict]] = {}
+        self._lock = threading.RLock()
+        self._disconnects = 0
+        self._reconnects = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def disconnects(self) -> int:
+        """How many times a lost server connection was noticed."""
+        return self._disconnects
+
+    @property
+    def reconnects(self) -> int:
+        """How many server connections were made after a disconnection."""
+        return self._reconnects
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._disconnected:
+            return "disconnected"
+        return "connected" if self._raw is not None else "not connected"
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} {self._state()} at {id(self):#x}>"
+
+    def _closed_error(self, what: str = "connection") -> Exception:
+        # Behave like a closed driver connection: PEP 249's optional
+        # Connection.InterfaceError names the driver's class.
+        error_class = getattr(self._last_raw, "InterfaceError", None)
+        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
+            error_class = DisconnectedConnectionError
+        return error_class(f"{what} already closed")
+
+    def _connection(self) -> Any:
+        """Return the current server connection, making one if needed."""
+        raw = self._raw
+        if raw is not None and not self._disconnected:
+            return raw
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._disconnected:
+                raise _already_disconnected()
+            if self._raw is None:
+                self._raw = self._connect()
+            return self._raw
+
+    def _open(self) -> Any:
+        """Make a server connection with the remembered session settings."""
+        raw = self._factory()
+        try:
+            for kind, name, args, kwargs in self._session.values():
+                if kind == "attr":
+                    setattr(raw, name, args[0])
+                else:
+                    getattr(raw, name)(*args, **kwargs)
+        except BaseException:
+            _close_quietly(raw)
+            raise
+        return raw
+
+    def _connect(self) -> Any:
+        try:
+            raw = self._open()
+        except Exception as exc:
+            if not is_disconnection(exc, None):
+                raise
+            self._disconnected = True
+            self._disconnects += 1
+            log.warning("Could not reconnect to the database: %s", _describe(exc))
+            raise Retry(sys.exc_info()) from exc
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._last_raw = raw
+        return raw
+
+    def _lost(self, raw: Any, exc: Exception) -> Retry:
+        """Enter the disconnected state if ``raw`` is still the current one."""
+        with self._lock:
+            if self._raw is raw and not self._disconnected:
+                self._raw = None
+                self._disconnected = True
+                self._disconnects += 1
+                log.warning("Database connection lost: %s", _describe(exc))
+                _close_quietly(raw)
+        return Retry(sys.exc_info())
+
+    def _call(self, function: Callable[[Any], Any]) -> Any:
+        """Run ``function(raw_connection)``, turning disconnections into Retry."""
+        raw = self._connection()
+        try:
+            return function(raw)
+        except Exception as exc:
+            if self._closed or not is_disconnection(exc, raw):
+                raise
+            raise self._lost(raw, exc) from exc
+
+    # -- DB-API --------------------------------------------------------------
+
+    def cursor(self, *args: Any, **kwargs: Any) -> ReconnectingCursor:
+        """Return a cursor that follows this connection across reconnects."""
+        if self._closed:
+            raise self._closed_error()
+        return ReconnectingCursor(self, args, kwargs)
+
+    def commit(self) -> None:
+        """Commit; raises :class:`Retry` if the server connection is lost.
+
+        With ``resolve_commit``, a commit interrupted after the transaction
+        wrote something is resolved instead: if the server committed it,
+        ``commit()`` returns normally over the new connection; if it rolled
+        it back, ``Retry`` is raised; if nobody can tell in time,
+        :class:`CommitOutcomeUnknown`.
+        """
+        if self._raw is None and not self._disconnected and not self._closed:
+            return  # nothing was done, so there is nothing to commit
+        if not self._resolve_commit:
+            return self._call(lambda raw: raw.commit())
+        raw = self._connection()
+        transaction_id = None
+        try:
+            transaction_id = _transaction_id(raw)
+            raw.commit()
+        except Exception as exc:
+            if self._closed or not is_disconnection(exc, raw):
+                raise
+            retry = self._lost(raw, exc)
+            if transaction_id is None:
+                raise retry from exc  # nothing was written: safe to redo
+            self._resolve(transaction_id, retry, exc)
+
+    def _resolve(self, transaction_id: str, retry: Retry, exc: Exception) -> None:
+        """Find out what became of an interrupted commit; see :meth:`commit`."""
+        deadline = time.monotonic() + self._resolve_timeout
+        pause = 0.01
+        raw, status = None, "unreachable"
+        while time.monotonic() < deadline:
+            try:
+                raw = raw or self._open()
+                status = _transaction_status(raw, transaction_id)
+            except Exception as error:
+                if not is_disconnection(error, raw):
+                    status = f"status query failed ({_describe(error)})"
+                    break
+                _close_quietly(raw)
+                raw, status = None, "unreachable"
+            if status != "in progress" and status != "unreachable":
+                break
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+        if status == "committed":
+            with self._lock:
+                if self._disconnected and self._raw is None and not self._closed:
+                    self._raw, self._disconnected = raw, False
+                    self._reconnects += 1
+                    raw = None
+            _close_quietly(raw)
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
+        _close_quietly(raw)
+        if status == "aborted":
+            log.info("Transaction %s was rolled back; retrying", transaction_id)
+            raise retry from exc
+        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
+        raise CommitOutcomeUnknown(transaction_id, status) from exc
+
+    def rollback(self) -> None:
+        """Roll back, and leave the disconnected state.
+
+        A lost server connection rolls back by itself, so this never raises
+        for a disconnection: the next operation reconnects.
+        """
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._disconnected:
+                self._disconnected = False
+                return
+            raw = self._raw
+        if raw is None:
+            return
+        try:
+            raw.rollback()
+        except Exception as exc:
+            if self._closed or not is_disconnection(exc, raw):
+                raise
+            self._lost(raw, exc)
+            with self._lock:
+                self._disconnected = False
+
+    def close(self) -> None:
+        """Close for good; later use raises the driver's ``InterfaceError``."""
+        with self._lock:
+            self._closed = True
+            raw, self._raw = self._raw, None
+        if raw is not None:
+            _close_quietly(raw)
+
+    # -- everything else goes to the driver connection -------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = self._call(lambda raw: getattr(raw, name))
+        if not callable(value):
+            return value
+
+        def call_on_current_connection(*args: Any, **kwargs: Any) -> Any:
+            if name in self._SESSION_METHODS:
+                return self._set_session(name, "call", name, args, kwargs)
+            return self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
+
+        return call_on_current_connection
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._set_session(name, "attr", name, (value,), {})
+
+    def _set_session(
+        self, key: str, kind: str, name: str, args: tuple, kwargs: dict
+    ) -> Any:
+        """Apply a session setting now if connected, and on every reconnect."""
+        with self._lock:
+            raw = self._raw if not self._disconnected else None
+        result = None
+        if raw is not None:
+            if kind == "attr":
+                self._call(lambda raw: setattr(raw, name, args[0]))
+            else:
+                result = self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
+        elif self._closed:
+            raise self._closed_error()
+        self._session[key] = (kind, name, args, kwargs)
+        return result
+
+
+def _server_method(name: str, doc: str) -> Callable[..., Any]:
+    """Make a cursor method that calls the driver cursor's method ``name``."""
+
+    def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
+        # The hot path, kept short: one check, then straight to the driver.
+        connection = self._connection
+        raw = connection._raw  # None while disconnected or closed
+        if raw is None or raw is not self._raw_connection:
+            return self._run(name, *args, **kwargs)  # (re)connect, new cursor
+        try:
+            return getattr(self._raw_cursor, name)(*args, **kwargs)
+        except Exception as exc:
+            if connection._closed or not is_disconnection(exc, raw):
+                raise
+            raise connection._lost(raw, exc) from exc
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
+class ReconnectingCursor:
+    """A cursor of a :class:`ReconnectingConnection`.
+
+    It remembers the arguments it was made with and makes the driver cursor
+    again on each new server connection, so the same cursor object keeps
+    working after ``rollback()``.  Methods that talk to the server raise
+    :class:`Retry` when the server connection is lost.
+    """
+
+    def __init__(
+        self, connection: ReconnectingConnection, args: tuple, kwargs: dict
+    ) -> None:
+        self._connection = connection
+        self._args = args
+        self._kwargs = kwargs
+        self._raw_connection: Any | None = None
+        self._raw_cursor: Any | None = None
+        self._settings: dict[str, Any] = {}
+        self._closed = False
+
+    @property
+    def connection(self) -> ReconnectingConnection:
+        """The :class:`ReconnectingConnection` this cursor belongs to."""
+        return self._connection
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = "closed" if self._closed else "open"
+        return f"<{name} {state} at {id(self):#x}>"
+
+    def _cursor_on(self, raw: Any) -> Any:
+        if self._closed:
+            raise self._connection._closed_error("cursor")
+        if self._raw_connection is not raw:
+            raw_cursor = raw.cursor(*self._args, **self._kwargs)
+            for name, value in self._settings.items():
+                setattr(raw_cursor, name, value)
+            self._raw_cursor, self._raw_connection = raw_cursor, raw
+        return self._raw_cursor
+
+    def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._connection._call(
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+        )
+
+    execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
+    executemany = _server_method("executemany", "Run a query for each parameter set.")
+    callproc = _server_method("callproc", "Call a stored procedure.")
+    fetchone = _server_method("fetchone", "Return the next row, or ``None``.")
+    fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
+    fetchall = _server_method("fetchall", "Return the remaining rows.")
+    __next__ = _server_method("__next__", "Return the next row.")
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def close(self) -> None:
+        """Close the cursor; the server connection stays open."""
+        self._closed = True
+        raw_cursor, self._raw_cursor = self._raw_cursor, None
+        self._raw_connection = None
+        if raw_cursor is not None:
+            _close_quietly(raw_cursor)
+
+    def __enter__(self) -> ReconnectingCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = self._connection._call(lambda raw: getattr(self._cursor_on(raw), name))
+        if not callable(value):
+            return value
+
+        def call_on_current_cursor(*args: Any, **kwargs: Any) -> Any:
+            return self._run(name, *args, **kwargs)
+
+        return call_on_current_cursor
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            # arraysize, itersize, ...: set now and on every new driver cursor.
+            self._connection._call(
+                lambda raw: setattr(self._cursor_on(raw), name, value)
+            )
+            self._settings[name] = value
+
+
+def _transaction_id(raw: Any) -> str | None:
+    """Return the id of the open transaction, if it has written anything."""
+    # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+    if raw.info.transaction_status in (0, 3):
+        return None
+    cursor = raw.cursor()
+    try:
+        if raw.info.server_version >= 130000:
+            cursor.execute("SELECT pg_current_xact_id_if_assigned()::text")
+        else:
+            cursor.execute("SELECT txid_current_if_assigned()::text")
+        return cursor.fetchone()[0]
+    finally:
+        cursor.close()
+
+
+def _transaction_status(raw: Any, transaction_id: str) -> str:
+    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
+    cursor = raw.cursor()
+    try:
+        if raw.info.server_version >= 130000:
+            cursor.execute("SELECT pg_xact_status(%s::xid8)", (transaction_id,))
+        else:
+            cursor.execute("SELECT txid_status(%s::bigint)", (transaction_id,))
+        status = cursor.fetchone()[0]
+    finally:
+        cursor.close()
+    raw.rollback()
+    return status or "the server no longer knows the transaction"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()}"
+
+
+def _close_quietly(thing: Any) -> None:
+    try:
+        thing.close()
+    except Exception:
+        pass  # it is broken already; closing is only to free the socket
