@@ -129,6 +129,9 @@ def _sqlstate(exc: BaseException) -> str | None:
 def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
     for line in str(exc).lower().splitlines():
         line = line.strip()
+        # libpq 14+: 'connection to server at "h" (ip), port 5432 failed: ...'
+        if line.startswith("connection to server ") and " failed: " in line:
+            line = line.split(" failed: ", 1)[1].strip()
         for severity in ("fatal:", "error:"):
             if line.startswith(severity):
                 line = line[len(severity) :].strip()

@@ -71,30 +71,26 @@ class _Link:
         self.sent = 0  # bytes forwarded to the client
         self.cut_at = proxy._cut_after  # value of ``sent`` at which to cut
         self.swallow = 0  # commit trap: ReadyForQuery messages still to discard
-        # Client -> server framing: held-back bytes, bytes left of the current
-        # message (and whether the server answers it), startup phase, TLS.
-        self._held, self._skip, self._answers = b"", 0, False
+        # Client -> server framing: bytes left of the current message (and
+        # whether the server answers it), its start if unfinished, TLS.
+        self._skip, self._answers = 0, False
+        self._tail, self._unsent = b"", 0
         self._startup, self._opaque = True, False
         # Server -> client framing, only needed while swallowing.
-        self._s_held, self._s_skip = b"", 0
+        self._s_tail, self._s_skip = b"", 0
         self._masks = {client: 0, server: 0}
         self.update()
 
     def update(self) -> None:
         """Select reads unless the other side is backed up, writes if due."""
-        reading = not self.ending
-        self._want(
-            self.client,
-            (_READ if reading and not self.up.out else 0)
-            | (_WRITE if self.down.out else 0),
-            (self, self.up, self.down),
-        )
-        self._want(
-            self.server,
-            (_READ if reading and not self.down.out else 0)
-            | (_WRITE if self.up.out else 0),
-            (self, self.down, self.up),
-        )
+        for sock, rflow, wflow in (
+            (self.client, self.up, self.down),
+            (self.server, self.down, self.up),
+        ):
+            mask = (0 if self.ending or rflow.out else _READ) | (
+                _WRITE if wflow.out else 0
+            )
+            self._want(sock, mask, (self, rflow, wflow))
 
     def _want(self, sock: socket.socket, mask: int, data: tuple) -> None:
         old, selector = self._masks[sock], self.proxy._selector
@@ -200,21 +196,23 @@ class _Link:
             self.update()
 
     def _frame(self, data: bytes) -> tuple[bytes, bytes | None, bool, int]:
-        """Split client bytes at PostgreSQL message boundaries.
+        """Follow the client's PostgreSQL messages, to trap a COMMIT.
 
         Returns the bytes to forward now, the trapped COMMIT message (or
-        None), whether to deliver it, and how many of the messages to
-        forward the server answers with a ReadyForQuery.  A partial header,
-        or a partial Query while the trap is armed, is held back: the client
-        always finishes a message it has begun.
+        None), whether to deliver it, and how many of the messages forwarded
+        the server answers with a ReadyForQuery.  Only while the trap is
+        armed is a partial header or Query held back (the client always
+        finishes a message it has begun); otherwise bytes go on at once.
         """
         if self._opaque:
             return data, None, False, 0
         if self._skip >= len(data):  # fast path: inside a long message
             self._skip -= len(data)
             return data, None, False, 0
-        buf, self._held = self._held + data, b""
-        pos, end = self._skip, len(buf)
+        # _tail: the start of an unfinished message, of which the last
+        # _unsent bytes were held back.
+        buf = self._tail + data
+        pos, end, sent = self._skip, len(buf), len(self._tail) - self._unsent
         answered = int(bool(pos) and self._answers)
         armed = self.proxy._commit_trap is not None
         while pos < end:
@@ -226,9 +224,9 @@ class _Link:
                     answers = False  # answered by one byte, then a new packet
                 elif code >> 16 == 3 and 8 <= length < 10000:
                     answers, self._startup = True, False
-                else:  # TLS or GSS encryption, or a cancel request: stop framing
+                else:  # TLS, GSS encryption, a cancel request: not for us
                     self._opaque = True
-                    return buf, None, False, answered
+                    return buf[sent:], None, False, answered
                 stop = pos + length
             else:
                 if end - pos < 5:
@@ -236,26 +234,28 @@ class _Link:
                 kind, length = buf[pos], _INT32.unpack_from(buf, pos + 1)[0]
                 if length < 4:
                     self._opaque = True
-                    return buf, None, False, answered
+                    return buf[sent:], None, False, answered
                 stop, answers = pos + 1 + length, kind in _ANSWERED
-                if armed and kind == _QUERY:
+                if armed and kind == _QUERY and pos >= sent:
                     if stop > end:
                         break  # hold the query back until it is whole
                     if _is_commit(buf[pos + 5 : stop - 1]):
                         deliver = self.proxy._claim_commit()
                         if deliver is not None:
-                            return buf[:pos], buf[pos:stop], deliver, answered
+                            return buf[sent:pos], buf[pos:stop], deliver, answered
             if stop > end:
                 self._skip, self._answers = stop - end, answers
-                return buf, None, False, answered
+                self._tail, self._unsent = b"", 0
+                return buf[sent:], None, False, answered
             answered += answers
             pos = stop
-        self._skip, self._held = 0, buf[pos:]
-        return buf[:pos], None, False, answered
+        upto = max(pos, sent) if armed else end
+        self._skip, self._tail, self._unsent = 0, buf[pos:], end - upto
+        return buf[sent:upto], None, False, answered
 
     def _swallow(self, data: bytes) -> bool:
         """Discard server bytes; True once the awaited replies are all in."""
-        buf, self._s_held = self._s_held + data, b""
+        buf, self._s_tail = self._s_tail + data, b""
         pos, end = self._s_skip, len(buf)
         while end - pos >= 5:
             length = _INT32.unpack_from(buf, pos + 1)[0]
@@ -266,7 +266,7 @@ class _Link:
                 if not self.swallow:
                     return True
             pos += 1 + length
-        self._s_skip, self._s_held = max(pos - end, 0), buf[pos:]
+        self._s_skip, self._s_tail = max(pos - end, 0), buf[pos:]
         return False
 
 
@@ -340,23 +340,20 @@ class PortForwardTestSetup:
         return len(self._links)
 
     def __repr__(self) -> str:
-        state = ["listening" if self._thread is not None else "stopped"]
-        state += [f"{self.connections} connections"] if self._links else []
-        state += ["blackhole"] if self._blackhole else []
-        state += [f"latency={self._latency}"] if self._latency else []
-        if self._cut_after is not None:
-            state.append(f"cut_after={self._cut_after}")
-        if self._commit_trap is not None:
-            state.append(f"cut_on_commit(deliver={self._commit_trap})")
-        target = (
-            f"{self.target_host}:{self.target_port}"
-            if self.target_host is not None
-            else "the test server"
-        )
-        return (
-            f"<PortForwardTestSetup {self.host}:{self.port} -> {target}"
-            f" {', '.join(state)}>"
-        )
+        trap = self._commit_trap
+        notes = [
+            "listening" if self._thread is not None else "stopped",
+            f"{self.connections} connections" if self._links else "",
+            "blackhole" if self._blackhole else "",
+            f"latency={self._latency}" if self._latency else "",
+            "" if self._cut_after is None else f"cut_after={self._cut_after}",
+            "" if trap is None else f"cut_on_commit(deliver={trap})",
+        ]
+        target = f"{self.target_host}:{self.target_port}"
+        if self.target_host is None:
+            target = "the test server"
+        state = ", ".join(filter(None, notes))
+        return f"<PortForwardTestSetup {self.host}:{self.port} -> {target} {state}>"
 
     def __enter__(self) -> PortForwardTestSetup:
         self.setUp()
@@ -570,6 +567,7 @@ class PortForwardTestSetup:
                     link.end()
 
     def _drain(self) -> None:
+        """Empty the wake-up socket (only ``tearDown()`` writes to it)."""
         try:
             self._wake_r.recv(64)
         except OSError:

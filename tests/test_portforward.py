@@ -1,0 +1,497 @@
+"""The fault-injecting proxy, against a real PostgreSQL server (no mocks)."""
+
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from reconnecting.testing.pgsql import PgTestSetup
+from reconnecting.testing.portforward import PortForwardTestSetup
+
+CLOSED = "server closed the connection unexpectedly"
+
+
+def wait_for(predicate, timeout=10.0):
+    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return result
+
+
+def proxy_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("portforward")]
+
+
+@pytest.fixture(scope="module")
+def pg():
+    setup = PgTestSetup()
+    setup.setUp()
+    with setup.connect() as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (x int)")
+        cur.execute("CREATE SEQUENCE s")
+    conn.close()
+    yield setup
+    setup.tearDown()
+
+
+@pytest.fixture
+def direct(pg):
+    conn = pg.connect()
+    conn.autocommit = True
+    yield conn.cursor()
+    conn.close()
+
+
+@pytest.fixture
+def proxy(pg):
+    pf = PortForwardTestSetup(pg.host, pg.port)
+    pf.setUp()
+    yield pf
+    pf.tearDown()
+    assert not proxy_threads()
+
+
+@pytest.fixture
+def connect(pg, proxy):
+    """Connect through the proxy; close what is left at the end."""
+    conns = []
+
+    def connect(**kwargs):
+        kwargs.setdefault("connect_timeout", 10)
+        conns.append(
+            psycopg2.connect(
+                host=proxy.host,
+                port=proxy.port,
+                user=pg.user,
+                dbname=pg.dbname,
+                **kwargs,
+            )
+        )
+        return conns[-1]
+
+    yield connect
+    for conn in conns:
+        conn.close()
+
+
+def select_1(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        return cur.fetchone()[0]
+
+
+def assert_closed(conn, sql="SELECT 1"):
+    with pytest.raises(psycopg2.OperationalError) as info:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            cur.fetchall()
+    assert str(info.value).startswith(CLOSED)
+    assert conn.closed
+
+
+# Raw frontend protocol, to control exactly what goes over the wire.
+
+
+def message(kind, body):
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def query(sql):
+    return message(b"Q", sql.encode() + b"\0")
+
+
+def read_until_ready(sock):
+    """Read backend messages up to ReadyForQuery; return their type bytes."""
+    kinds, buf = [], b""
+    while True:
+        while len(buf) >= 5 and len(buf) >= 1 + struct.unpack_from("!i", buf, 1)[0]:
+            kinds.append(buf[:1])
+            if buf[:1] == b"E":
+                raise AssertionError(buf)
+            if buf[:1] == b"Z":
+                return kinds
+            buf = buf[1 + struct.unpack_from("!i", buf, 1)[0] :]
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError(kinds)
+        buf += data
+
+
+def raw_session(pg, proxy):
+    """A raw socket through the proxy, logged in, no TLS negotiation."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    params = f"user\0{pg.user}\0database\0{pg.dbname}\0\0".encode()
+    body = struct.pack("!i", 196608) + params
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    read_until_ready(sock)
+    return sock
+
+
+def test_forwards(pg, proxy, connect):
+    assert proxy.port != 0 and proxy.host == "127.0.0.1"
+    conn = connect()
+    assert select_1(conn) == 1
+    assert (proxy.accepted, proxy.connections) == (1, 1)
+    assert repr(proxy) == (
+        f"<PortForwardTestSetup 127.0.0.1:{proxy.port} -> {pg.host}:{pg.port}"
+        " listening, 1 connections>"
+    )
+    conn.close()
+    assert wait_for(lambda: proxy.connections == 0)
+
+
+def test_binds_only_to_loopback():
+    for host in ("0.0.0.0", "192.0.2.1", "::", "example.com", ""):
+        with pytest.raises(ValueError, match="loopback"):
+            PortForwardTestSetup("127.0.0.1", 5432, host=host)
+    for host in ("localhost", "127.0.0.2", "::1"):
+        assert PortForwardTestSetup("127.0.0.1", 5432, host=host).host == host
+
+
+def test_set_up_twice_is_an_error(proxy):
+    with pytest.raises(RuntimeError, match="already set up"):
+        proxy.setUp()
+
+
+def test_tear_down_keeps_the_port_and_breaks_connections(pg, proxy, connect):
+    conn = connect()
+    assert select_1(conn) == 1
+    port = proxy.port
+    proxy.tearDown()
+    proxy.tearDown()  # idempotent
+    assert "stopped" in repr(proxy) and not proxy_threads()
+    assert_closed(conn)
+    with pytest.raises(psycopg2.OperationalError, match="Connection refused"):
+        connect()
+    proxy.setUp()
+    assert proxy.port == port
+    assert select_1(connect()) == 1
+
+
+def test_drop_closes_connections_and_keeps_listening(proxy, connect):
+    conns = [connect(), connect()]
+    proxy.drop()
+    assert proxy.connections == 0
+    for conn in conns:
+        assert_closed(conn)
+    assert select_1(connect()) == 1
+
+
+def test_reset_sends_rst_to_the_client(pg, proxy, connect):
+    conn = connect()
+    raw, fin = raw_session(pg, proxy), raw_session(pg, proxy)
+    proxy.reset()
+    assert proxy.connections == 0
+    # libpq reports ECONNRESET with the same words as an orderly close.
+    assert_closed(conn)
+    with pytest.raises(ConnectionResetError):
+        raw.recv(1)
+    raw.close()
+    # A drop, by contrast, is an orderly close: end of file.
+    fin.close()
+    fin = raw_session(pg, proxy)
+    proxy.drop()
+    assert fin.recv(1) == b""
+    fin.close()
+    assert select_1(connect()) == 1
+
+
+def test_blackhole_stops_traffic_until_dropped(proxy, connect, direct):
+    conn = connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    proxy.blackhole()
+    outcome = []
+    done = threading.Event()
+
+    def run():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 'lost'")
+        except psycopg2.Error as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert not done.wait(0.5)  # no reply comes...
+    direct.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+    assert direct.fetchone()[0] == "SELECT pg_backend_pid()"  # ...nor went
+    # New connections are blackholed as well: the client's timeout fires.
+    with pytest.raises(psycopg2.OperationalError, match="timeout expired"):
+        connect(connect_timeout=2)
+    assert wait_for(lambda: proxy.connections == 1)  # the client gave up
+    proxy.drop()
+    assert done.wait(10)
+    worker.join()
+    assert str(outcome[0]).startswith(CLOSED)
+    proxy.restore()
+    assert select_1(connect()) == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT repeat('x', 1000000)",
+        "SELECT g, 'some text' FROM generate_series(1, 200000) g",
+    ],
+)
+def test_cut_after_breaks_a_large_result(proxy, connect, sql):
+    conn = connect()
+    assert select_1(conn) == 1
+    proxy.cut_after(100_000)
+    assert "cut_after=100000" in repr(proxy)
+    assert_closed(conn, sql)
+    assert wait_for(lambda: proxy.connections == 0)
+    # New connections are cut too, once they have had their share.
+    late = connect()
+    assert_closed(late, sql)
+    proxy.restore()
+    with connect().cursor() as cur:
+        cur.execute(sql)
+        assert len(cur.fetchall()) in (1, 200000)
+
+
+@pytest.fixture
+def source():
+    """A TCP server that sends 1000 bytes, waits for one byte, then sends more."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    peers = []
+
+    def serve():
+        try:
+            peer, _ = listener.accept()
+        except OSError:
+            return
+        peers.append(peer)
+        peer.settimeout(10)
+        try:
+            peer.sendall(b"a" * 1000)
+            if peer.recv(1):
+                peer.sendall(b"b" * 100_000)
+            peer.recv(1)  # until the proxy closes
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    thread.join(15)
+    for peer in peers:
+        peer.close()
+
+
+def read_to_eof(sock):
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_cut_after_forwards_exactly_n_bytes(source, when):
+    with PortForwardTestSetup("127.0.0.1", source) as pf:
+        if when == "before":
+            pf.cut_after(1234)  # counts from the start of new connections
+        client = socket.create_connection((pf.host, pf.port), timeout=10)
+        if when == "during":
+            received = b""
+            while len(received) < 1000:
+                received += client.recv(1000)
+            pf.cut_after(1234)  # counts from now on
+        client.sendall(b"!")
+        data = read_to_eof(client)
+        client.close()
+    assert len(data) == 1234 if when == "before" else data == b"b" * 1234
+
+
+def test_latency_slows_round_trips(proxy, connect):
+    conn = connect()
+
+    def round_trip():
+        started = time.perf_counter()
+        select_1(conn)
+        return time.perf_counter() - started
+
+    plain = statistics.median(round_trip() for _ in range(20))
+    proxy.latency(0.05)
+    slow = statistics.median(round_trip() for _ in range(3))
+    proxy.restore()
+    assert slow > 10 * plain  # each way: 2 x 50 ms against well under 10 ms
+    with pytest.raises(ValueError):
+        proxy.latency(-1)
+
+
+def last_value(direct):
+    direct.execute("SELECT last_value FROM s")
+    return direct.fetchone()[0]
+
+
+def rows(direct, value):
+    direct.execute("SELECT count(*) FROM t WHERE x = %s", (value,))
+    return direct.fetchone()[0]
+
+
+def test_cut_on_commit_delivered_commits_but_breaks(proxy, connect, direct):
+    conn = connect()
+    proxy.cut_on_commit()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(psycopg2.OperationalError) as info:
+        conn.commit()
+    assert str(info.value).startswith(CLOSED)
+    assert rows(direct, 1) == 1  # committed all the same
+    assert proxy.commit_cuts == 1
+    # The trap fired once; the next commit goes through.
+    conn = connect()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    conn.commit()
+    assert rows(direct, 1) == 2
+
+
+def test_cut_on_commit_undelivered_rolls_back(proxy, connect, direct):
+    conn = connect()
+    proxy.cut_on_commit(deliver=False)
+    assert "cut_on_commit(deliver=False)" in repr(proxy)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(psycopg2.OperationalError) as info:
+        conn.commit()
+    assert str(info.value).startswith(CLOSED)
+    assert rows(direct, 2) == 0
+    assert proxy.commit_cuts == 1
+
+
+def test_restore_disarms_the_commit_trap(proxy, connect, direct):
+    proxy.cut_on_commit()
+    proxy.restore()
+    conn = connect()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (3)")
+    conn.commit()
+    assert rows(direct, 3) == 1 and proxy.commit_cuts == 0
+
+
+@pytest.mark.parametrize("deliver", [True, False])
+def test_cut_on_commit_sent_with_other_messages(pg, proxy, direct, deliver):
+    """The messages before the COMMIT in the same chunk still reach the server."""
+    direct.execute("SELECT nextval('s')")
+    before = last_value(direct)
+    sock = raw_session(pg, proxy)
+    sock.sendall(query("BEGIN"))
+    read_until_ready(sock)
+    proxy.cut_on_commit(deliver)
+    value = 10 + deliver
+    sock.sendall(
+        query(f"INSERT INTO t VALUES ({value})")
+        + query("SELECT nextval('s')")
+        + query("  end ")
+    )
+    assert read_to_eof(sock) == b""  # not even the INSERT's reply
+    sock.close()
+    assert proxy.commit_cuts == 1
+    # Outside the transaction, the sequence shows what the server ran.
+    assert wait_for(lambda: last_value(direct) == before + 1)
+    assert rows(direct, value) == deliver
+
+
+@pytest.mark.parametrize("deliver", [True, False])
+def test_cut_on_commit_split_across_chunks(pg, proxy, connect, direct, deliver):
+    sock = raw_session(pg, proxy)
+    other = connect()
+    for sql in ("BEGIN", f"INSERT INTO t VALUES ({20 + deliver})"):
+        sock.sendall(query(sql))
+        read_until_ready(sock)
+    proxy.cut_on_commit(deliver)
+    commit = query("COMMIT")
+    for piece in (commit[:2], commit[2:7], commit[7:]):
+        sock.sendall(piece)
+        # A round trip through the same proxy loop: it has read the piece.
+        assert select_1(other) == 1
+    assert read_to_eof(sock) == b""
+    sock.close()
+    assert rows(direct, 20 + deliver) == deliver
+    assert proxy.commit_cuts == 1
+    assert wait_for(lambda: proxy.connections == 1)
+
+
+def test_lazy_target_context_manager_and_unix_socket(pg):
+    with PortForwardTestSetup() as pf:  # the current test database's server
+        assert (pf.target_host, pf.target_port) == (pg.host, pg.port)
+        conn = psycopg2.connect(
+            host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+        )
+        assert select_1(conn) == 1
+    assert_closed(conn)
+    conn.close()
+    assert not proxy_threads()
+    socket_dir = getattr(pg.server, "socket_dir", None)
+    if socket_dir is None:
+        pytest.skip("the test server has no socket directory of ours")
+    with PortForwardTestSetup(socket_dir, pg.port) as pf:
+        conn = psycopg2.connect(
+            host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+        )
+        assert select_1(conn) == 1
+        conn.close()
+
+
+def test_server_down_closes_new_connections(pg):
+    unused = socket.create_server(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+    with PortForwardTestSetup("127.0.0.1", port) as pf:
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(host=pf.host, port=pf.port, connect_timeout=10)
+        assert pf.accepted == 1 and pf.connections == 0
+
+
+def blocked_query(conn):
+    with pytest.raises(psycopg2.OperationalError):
+        select_1(conn)
+
+
+def test_leaves_no_thread_or_file_descriptor(pg):
+    fds = len(os.listdir("/proc/self/fd"))
+    pf = PortForwardTestSetup(pg.host, pg.port)
+    conns = []
+    for _ in range(2):
+        pf.setUp()
+
+        def connect():
+            conns.append(
+                psycopg2.connect(
+                    host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+                )
+            )
+            return conns[-1]
+
+        select_1(connect())
+        pf.drop()
+        select_1(connect())
+        pf.reset()
+        select_1(connect())
+        pf.latency(0.001)
+        select_1(connect())
+        pf.blackhole()
+        worker = threading.Thread(target=blocked_query, args=(conns[-1],))
+        worker.start()
+        assert len(proxy_threads()) == 1
+        pf.tearDown()
+        worker.join(10)
+        assert not proxy_threads()
+    for conn in conns:
+        conn.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
