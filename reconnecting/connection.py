@@ -331,19 +331,21 @@ class ReconnectingConnection:
         if not self._resolve_commit:
             return self._call(lambda raw: raw.commit())
         raw = self._connection()
-        transaction_id = None
+        written = None
         try:
-            transaction_id = _transaction_id(raw)
+            written = _transaction_id(raw)
             raw.commit()
         except Exception as exc:
             if self._closed or not is_disconnection(exc, raw):
                 raise
             retry = self._lost(raw, exc)
-            if transaction_id is None:
+            if written is None:
                 raise retry from exc  # nothing was written: safe to redo
-            self._resolve(transaction_id, retry, exc)
+            self._resolve(*written, retry, exc)
 
-    def _resolve(self, transaction_id: str, retry: Retry, exc: Exception) -> None:
+    def _resolve(
+        self, transaction_id: str, cluster: str, retry: Retry, exc: Exception
+    ) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
         deadline = time.monotonic() + self._resolve_timeout
         pause = 0.01
@@ -351,7 +353,7 @@ class ReconnectingConnection:
         while time.monotonic() < deadline:
             try:
                 raw = raw or self._open()
-                status = _transaction_status(raw, transaction_id)
+                status = _transaction_status(raw, transaction_id, cluster)
             except Exception as error:
                 if not is_disconnection(error, raw):
                     status = f"status query failed ({_describe(error)})"
@@ -564,35 +566,48 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
-def _transaction_id(raw: Any) -> str | None:
-    """Return the id of the open transaction, if it has written anything."""
+# The cluster's identity goes with the transaction id: an id means nothing
+# on another cluster, such as the next host of a multi-host DSN.
+_CLUSTER = "(SELECT system_identifier FROM pg_control_system())::text"
+
+
+def _transaction_id(raw: Any) -> tuple[str, str] | None:
+    """Return the open transaction's id and cluster, if it wrote anything."""
     # 0 is idle, 3 in error: nothing that COMMIT could make durable.
     if raw.info.transaction_status in (0, 3):
         return None
+    current = (
+        "pg_current_xact_id_if_assigned()"
+        if raw.info.server_version >= 130000
+        else "txid_current_if_assigned()"
+    )
     cursor = raw.cursor()
     try:
-        if raw.info.server_version >= 130000:
-            cursor.execute("SELECT pg_current_xact_id_if_assigned()::text")
-        else:
-            cursor.execute("SELECT txid_current_if_assigned()::text")
-        return cursor.fetchone()[0]
+        cursor.execute(f"SELECT {current}::text, {_CLUSTER}")
+        transaction_id, cluster = cursor.fetchone()
     finally:
         cursor.close()
+    return None if transaction_id is None else (transaction_id, cluster)
 
 
-def _transaction_status(raw: Any, transaction_id: str) -> str:
+def _transaction_status(raw: Any, transaction_id: str, cluster: str) -> str:
     """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
+    if raw.info.server_version >= 130000:
+        query = f"SELECT {_CLUSTER}, pg_xact_status(%s::xid8)"
+    else:
+        query = f"SELECT {_CLUSTER}, txid_status(%s::bigint)"
     cursor = raw.cursor()
     try:
-        if raw.info.server_version >= 130000:
-            cursor.execute("SELECT pg_xact_status(%s::xid8)", (transaction_id,))
+        cursor.execute(f"SELECT {_CLUSTER}")
+        if cursor.fetchone()[0] != cluster:
+            status = "reconnected to another cluster, which cannot tell"
         else:
-            cursor.execute("SELECT txid_status(%s::bigint)", (transaction_id,))
-        status = cursor.fetchone()[0]
+            cursor.execute(query, (transaction_id,))
+            status = cursor.fetchone()[1] or "the server no longer knows it"
     finally:
         cursor.close()
     raw.rollback()
-    return status or "the server no longer knows the transaction"
+    return status
 
 
 def _describe(exc: BaseException) -> str:

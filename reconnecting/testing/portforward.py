@@ -87,10 +87,9 @@ class _Link:
             (self.client, self.up, self.down),
             (self.server, self.down, self.up),
         ):
-            mask = (0 if self.ending or rflow.out else _READ) | (
-                _WRITE if wflow.out else 0
-            )
-            self._want(sock, mask, (self, rflow, wflow))
+            reads = 0 if self.ending or rflow.out else _READ
+            writes = _WRITE if wflow.out else 0
+            self._want(sock, reads | writes, (self, rflow, wflow))
 
     def _want(self, sock: socket.socket, mask: int, data: tuple) -> None:
         old, selector = self._masks[sock], self.proxy._selector
@@ -110,7 +109,10 @@ class _Link:
         self._want(self.client, 0, ())
         self._want(self.server, 0, ())
         if rst:
-            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            try:
+                self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            except OSError:  # already reset by the client: nothing to abort
+                pass
         else:  # FIN now: close() alone sends RST if bytes are left unread
             _shutdown(self.client, socket.SHUT_RDWR)
         _shutdown(self.server, socket.SHUT_RDWR)
@@ -333,6 +335,7 @@ class PortForwardTestSetup:
         self._latency = 0.0
         self._cut_after: int | None = None
         self._commit_trap: bool | None = None  # armed: whether to deliver
+        self._go_down = False  # stop listening when the trap fires
 
     @property
     def connections(self) -> int:
@@ -494,7 +497,7 @@ class PortForwardTestSetup:
             for link in self._links:
                 link.cut_at = link.sent + nbytes
 
-    def cut_on_commit(self, deliver: bool = True) -> None:
+    def cut_on_commit(self, deliver: bool = True, *, go_down: bool = False) -> None:
         """Cut the connection that sends the next ``COMMIT``, once.
 
         The trap watches what clients send for a simple-protocol Query whose
@@ -508,9 +511,15 @@ class PortForwardTestSetup:
         before the ``COMMIT`` are forwarded.  The trap assumes the client
         has the replies to its earlier messages before it sends ``COMMIT``,
         as libpq does, and cannot see into TLS connections.
+
+        With ``go_down`` true the proxy also stops listening when the trap
+        fires, before the client learns of the cut, so that nobody can
+        reconnect to ask what became of the commit (new connections are
+        refused) until ``tearDown()`` and ``setUp()``.
         """
         with self._lock:
             self._commit_trap = bool(deliver)
+            self._go_down = go_down
 
     def restore(self) -> None:
         """End blackhole, latency, ``cut_after()`` and an unfired commit trap.
@@ -529,6 +538,9 @@ class PortForwardTestSetup:
         deliver, self._commit_trap = self._commit_trap, None
         if deliver is not None:
             self.commit_cuts += 1
+            if self._go_down:
+                self._selector.unregister(self._listener)
+                self._listener.close()
         return deliver
 
     def _run(self) -> None:
