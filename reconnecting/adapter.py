@@ -139,6 +139,10 @@ class ReconnectingDatabaseAdapter:
     first use and again after each outage, with the DSN current at that
     moment.  Its work joins transactions of ``transaction_manager``
     (``transaction.manager``, the thread-local default, if not given).
+
+    Commits whose reply is lost are resolved (``resolve_commit`` of
+    :class:`~reconnecting.ReconnectingConnection`), waiting up to
+    ``resolve_timeout`` seconds for the server to say what happened.
     """
 
     #: The driver's parameter style: ``%(name)s`` and ``%s``.
@@ -148,8 +152,15 @@ class ReconnectingDatabaseAdapter:
     #: The encoding of the database's text; the driver decodes it.
     encoding = "utf-8"
 
-    def __init__(self, dsn: str, *, transaction_manager: Any = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        transaction_manager: Any = None,
+        resolve_timeout: float = 10.0,
+    ) -> None:
         self._local = threading.local()
+        self._resolve_timeout = resolve_timeout
         if transaction_manager is None:
             transaction_manager = transaction.manager
         self._transaction_manager = transaction_manager
@@ -181,8 +192,13 @@ class ReconnectingDatabaseAdapter:
         an application can start while the database is down.
         """
         if not self.isConnected():
-            # The seam for in-doubt commits: resolve_commit=True goes here.
-            connection = ReconnectingConnection(self._connect_to_server)
+            # The transaction manager retries on Retry, so a commit whose
+            # reply was lost must be resolved, never simply retried.
+            connection = ReconnectingConnection(
+                self._connect_to_server,
+                resolve_commit=True,
+                resolve_timeout=self._resolve_timeout,
+            )
             self._local.connection = ZopeConnection(
                 connection, self, self._transaction_manager
             )
