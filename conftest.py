@@ -44,3 +44,12 @@ pytest_collect_file = Sybil(
     setup=set_up_page,
     teardown=tear_down_page,
 ).pytest()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the figures the soak tests record, pass or fail."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "soak":
+                    terminalreporter.write_line(value)

@@ -344,7 +344,7 @@ class ReconnectingConnection:
             self._resolve(*written, retry, exc)
 
     def _resolve(
-        self, transaction_id: str, cluster: str, retry: Retry, exc: Exception
+        self, transaction_id: str, server: tuple, retry: Retry, exc: Exception
     ) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
         deadline = time.monotonic() + self._resolve_timeout
@@ -353,7 +353,7 @@ class ReconnectingConnection:
         while time.monotonic() < deadline:
             try:
                 raw = raw or self._open()
-                status = _transaction_status(raw, transaction_id, cluster)
+                status = _transaction_status(raw, transaction_id, server)
             except Exception as error:
                 if not is_disconnection(error, raw):
                     status = f"status query failed ({_describe(error)})"
@@ -566,13 +566,17 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
-# The cluster's identity goes with the transaction id: an id means nothing
-# on another cluster, such as the next host of a multi-host DSN.
-_CLUSTER = "(SELECT system_identifier FROM pg_control_system())::text"
+# Which server assigned a transaction id, and since when: an id means
+# nothing on another cluster (the next host of a multi-host DSN), and after
+# a restart it may have been handed out again (see _transaction_status).
+_SERVER = (
+    "(SELECT system_identifier FROM pg_control_system())::text,"
+    " pg_postmaster_start_time()::text"
+)
 
 
-def _transaction_id(raw: Any) -> tuple[str, str] | None:
-    """Return the open transaction's id and cluster, if it wrote anything."""
+def _transaction_id(raw: Any) -> tuple[str, tuple[str, str]] | None:
+    """Return the open transaction's id and server, if it wrote anything."""
     # 0 is idle, 3 in error: nothing that COMMIT could make durable.
     if raw.info.transaction_status in (0, 3):
         return None
@@ -583,30 +587,47 @@ def _transaction_id(raw: Any) -> tuple[str, str] | None:
     )
     cursor = raw.cursor()
     try:
-        cursor.execute(f"SELECT {current}::text, {_CLUSTER}")
-        transaction_id, cluster = cursor.fetchone()
+        cursor.execute(f"SELECT {current}::text, {_SERVER}")
+        transaction_id, cluster, started = cursor.fetchone()
     finally:
         cursor.close()
-    return None if transaction_id is None else (transaction_id, cluster)
+    return None if transaction_id is None else (transaction_id, (cluster, started))
 
 
-def _transaction_status(raw: Any, transaction_id: str, cluster: str) -> str:
+def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
     """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
     if raw.info.server_version >= 130000:
-        query = f"SELECT {_CLUSTER}, pg_xact_status(%s::xid8)"
+        query = "SELECT pg_xact_status(%s::xid8)"
     else:
-        query = f"SELECT {_CLUSTER}, txid_status(%s::bigint)"
+        query = "SELECT txid_status(%s::bigint)"
     cursor = raw.cursor()
     try:
-        cursor.execute(f"SELECT {_CLUSTER}")
-        if cursor.fetchone()[0] != cluster:
-            status = "reconnected to another cluster, which cannot tell"
-        else:
+        cursor.execute(f"SELECT {_SERVER}")
+        now = cursor.fetchone()
+        if now[0] != server[0]:
+            return "reconnected to another cluster, which cannot tell"
+        try:
             cursor.execute(query, (transaction_id,))
-            status = cursor.fetchone()[1] or "the server no longer knows it"
+            status = cursor.fetchone()[0]
+        except Exception as error:
+            if _sqlstate(error) != "22023":
+                raise
+            # "transaction ID ... is in the future": after a crash, the
+            # server never logged it, so it never committed.
+            status = "aborted"
     finally:
         cursor.close()
-    raw.rollback()
+        raw.rollback()
+    if status is None:
+        return "the server no longer knows it"
+    if now[1] != server[1]:
+        # The server restarted.  A transaction lost in a crash leaves its id
+        # free for the next one, whose status this may be; only a durable
+        # commit keeps the id ours.  So anything but "committed" means ours
+        # did not commit, and "committed" proves nothing.
+        if status == "committed":
+            return "the server restarted, and the id may have been reused"
+        return "aborted"
     return status
 
 

@@ -14,12 +14,15 @@ the caller's thread, under the same lock as the loop's work.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import ipaddress
 import os
 import selectors
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 from types import TracebackType
@@ -34,6 +37,48 @@ _STARTUP = struct.Struct("!ii")  # length, then protocol version or request code
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
 _QUERY, _READY = ord("Q"), ord("Z")
 _ANSWERED = frozenset(b"QSF")  # Query, Sync, FunctionCall: one ReadyForQuery each
+
+
+# partition(): iptables rules, and the proxies that have some in place.
+_NO_ROOT = "dropping packets in the kernel needs root (CAP_NET_ADMIN)"
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+_partitioned: set[PortForwardTestSetup] = set()
+
+
+def _firewall(ipv6: bool) -> str:
+    """Return the path of iptables (or ip6tables); RuntimeError if missing."""
+    name = "ip6tables" if ipv6 else "iptables"
+    path = os.environ.get("PATH", os.defpath) + os.pathsep + _SBIN
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise RuntimeError(
+            f"partition() needs {name} to drop packets in the kernel: install it"
+            " (Debian: apt-get install iptables)"
+        )
+    return found
+
+
+def _run_firewall(ipv6: bool, *args: str) -> None:
+    """Run iptables; PermissionError or RuntimeError with its message."""
+    command = [_firewall(ipv6), "-w", *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode == 0:
+        return
+    message = (result.stderr or result.stdout).strip()
+    denied = ("permission denied", "operation not permitted", "must be root")
+    if any(text in message.lower() for text in denied):
+        raise PermissionError(f"{_NO_ROOT}: {message}")
+    raise RuntimeError(f"{' '.join(command)} failed: {message}")
+
+
+@atexit.register
+def _heal_all() -> None:
+    # Never leave a rule behind, even when a test forgot heal() and tearDown().
+    for proxy in list(_partitioned):
+        try:
+            proxy.heal()
+        except Exception:
+            pass
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:
@@ -314,6 +359,7 @@ class PortForwardTestSetup:
         if address is None or not address.is_loopback:
             raise ValueError(f"host must be a loopback address, not {host!r}")
         self._family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        self._address = str(address)
         self._explicit_target = (target_host, target_port)
         #: The server's host, as given or as found by ``setUp()``.
         self.target_host: str | None = target_host
@@ -336,6 +382,8 @@ class PortForwardTestSetup:
         self._cut_after: int | None = None
         self._commit_trap: bool | None = None  # armed: whether to deliver
         self._go_down = False  # stop listening when the trap fires
+        self._partition_lock = threading.Lock()
+        self._rules: list[list[str]] = []  # iptables rules of partition()
 
     @property
     def connections(self) -> int:
@@ -348,6 +396,7 @@ class PortForwardTestSetup:
             "listening" if self._thread is not None else "stopped",
             f"{self.connections} connections" if self._links else "",
             "blackhole" if self._blackhole else "",
+            "partitioned" if self._rules else "",
             f"latency={self._latency}" if self._latency else "",
             "" if self._cut_after is None else f"cut_after={self._cut_after}",
             "" if trap is None else f"cut_on_commit(deliver={trap})",
@@ -522,7 +571,8 @@ class PortForwardTestSetup:
             self._go_down = go_down
 
     def restore(self) -> None:
-        """End blackhole, latency, ``cut_after()`` and an unfired commit trap.
+        """End blackhole, latency, ``cut_after()``, an unfired commit trap, and
+        a ``partition()``.
 
         Traffic from now on goes through unharmed; bytes already discarded
         stay lost, and delayed ones are still delivered.
@@ -532,6 +582,99 @@ class PortForwardTestSetup:
             self._cut_after = self._commit_trap = None
             for link in self._links:
                 link.cut_at = None
+        self.heal()
+
+    def partition(self) -> None:
+        """Make the kernel drop every packet to and from the proxy's port.
+
+        Unlike ``blackhole()``, nothing acknowledges the client's bytes any
+        more, so this is a truly half-open network, as when a cable is
+        pulled or a firewall forgets a connection: the client's sends are
+        retransmitted unanswered, no reply or keepalive answer comes back,
+        and new connections hang in ``connect()``.  Nobody is told; only the
+        client's own timeouts (``tcp_user_timeout``, keepalives,
+        ``connect_timeout``) end the wait.  With libpq's and Linux's
+        defaults, a call that sends into the partition waits about 15
+        minutes of retransmissions, and one that was waiting for its reply
+        over two hours, until the keepalives give up.
+
+        Two ``iptables`` rules on the loopback interface drop the TCP
+        packets with the proxy's address and port as destination or source;
+        the rest of the loopback traffic, including the proxy's own
+        connections to the server, is untouched.  ``heal()`` removes them,
+        as do ``restore()``, ``tearDown()`` and the end of the process.
+
+        :raises PermissionError: when not permitted: dropping packets in the
+            kernel needs root (CAP_NET_ADMIN).
+        :raises RuntimeError: if ``iptables`` is missing or fails, or the
+            proxy has no port yet (call ``setUp()`` first).
+        """
+        if not self.port:
+            raise RuntimeError("the proxy has no port yet: call setUp() first")
+        ipv6 = self._family == socket.AF_INET6
+        label = f"reconnecting partition of {self._address} port {self.port}"
+        rules = [
+            ["INPUT", "-i", "lo", "-p", "tcp", end, self._address, port, str(self.port)]
+            + ["-m", "comment", "--comment", label, "-j", "DROP"]
+            for end, port in (("-d", "--dport"), ("-s", "--sport"))
+        ]
+        with self._partition_lock:
+            if self._rules:
+                return
+            try:
+                for rule in rules:
+                    _run_firewall(ipv6, "-I", *rule)
+                    self._rules.append(rule)
+            except BaseException:
+                self._remove_rules(ipv6)  # all or nothing
+                raise
+            _partitioned.add(self)
+
+    def heal(self) -> None:
+        """Remove the rules of ``partition()``; does nothing without them.
+
+        Packets flow again.  Connections whose client has not given up yet
+        carry on when TCP next retransmits; those the client's timeouts have
+        ended stay broken.
+
+        :raises PermissionError: see ``partition()``.
+        :raises RuntimeError: if ``iptables`` fails to remove a rule.
+        """
+        with self._partition_lock:
+            self._remove_rules(self._family == socket.AF_INET6)
+
+    def _remove_rules(self, ipv6: bool) -> None:
+        """Remove the partition's rules (the partition lock is held)."""
+        problem = None
+        for rule in list(self._rules):
+            try:
+                _run_firewall(ipv6, "-D", *rule)
+            except (OSError, RuntimeError) as exc:
+                problem = problem or exc
+            else:
+                self._rules.remove(rule)
+        if not self._rules:
+            _partitioned.discard(self)
+        if problem is not None:
+            raise problem
+
+    @staticmethod
+    def partition_unavailable(ipv6: bool = False) -> str | None:
+        """Tell why ``partition()`` cannot work here, or ``None`` if it can.
+
+        Asks ``iptables`` to list its rules, which needs the same rights as
+        changing them.  Handy to skip a test::
+
+            why = PortForwardTestSetup.partition_unavailable()
+
+            @pytest.mark.skipif(why is not None, reason=str(why))
+            def test_half_open_network(): ...
+        """
+        try:
+            _run_firewall(ipv6, "-S", "INPUT")
+        except (OSError, RuntimeError) as exc:
+            return str(exc)
+        return None
 
     def _claim_commit(self) -> bool | None:
         """Disarm the trap (the lock is held); None if it was not armed."""

@@ -1,0 +1,133 @@
+"""Nothing of the throwaway cluster outlives a pytest run killed with SIGKILL.
+
+tests/test_pgsql.py kills a plain Python process that holds a fresh
+cluster, and checks its postmaster and directory.  This kills a *pytest*
+process in the middle of a test, after the server was restarted (so the
+watchdog must know the new postmaster), while clients are connected
+directly and through the proxy, with transactions open; then it checks
+every process of the server (the postmaster and all its children:
+backends, checkpointer, WAL writer...), the cluster directory, and the
+watchdog process itself.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from reconnecting.testing import pgsql
+
+CHILD_TEST = """
+    import json, os, threading
+    from reconnecting import ReconnectingConnection
+    from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+    from reconnecting.testing import pgsql
+
+    def children(pid):
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                stat = open(f"/proc/{entry}/stat", "rb").read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+        return found
+
+    def test_killed_in_the_middle():
+        pg = PgTestSetup()
+        pg.setUp()
+        first = pg.server.pid
+        pg.restart("immediate")
+        proxy = PortForwardTestSetup()
+        proxy.setUp()
+        db = ReconnectingConnection(
+            lambda: pg.connect(host=proxy.host, port=proxy.port))
+        clients = [pg.connect() for _ in range(3)] + [db]
+        for client in clients:
+            client.cursor().execute("SELECT txid_current()")  # stays open
+        cluster = pg.server
+        print(json.dumps({
+            "first": first,
+            "postmaster": cluster.pid,
+            "server": [cluster.pid, *children(cluster.pid)],
+            "directory": cluster.directory,
+            "watchdog": cluster._watchdog.pid,
+        }), flush=True)
+        threading.Event().wait(300)
+"""
+
+
+def alive(pid):
+    """True while ``pid`` runs (a zombie does not count)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return not stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
+def mentions(directory):
+    """Processes whose command line names ``directory``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.isdigit() and os.fsencode(directory) in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def wait_until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()) and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    return result
+
+
+def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
+    (tmp_path / "test_child.py").write_text(textwrap.dedent(CHILD_TEST))
+    env = {k: v for k, v in os.environ.items() if k != pgsql.SERVER_ENV}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider"]
+        + ["--rootdir", str(tmp_path), str(tmp_path / "test_child.py")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # pytest prints its header first; our line is the JSON one.
+        for line in child.stdout:
+            if line.startswith("{"):
+                break
+        else:
+            raise AssertionError(f"the child run ended early ({child.wait()})")
+        found = json.loads(line)
+        assert found["postmaster"] != found["first"]  # restarted
+        assert len(found["server"]) > 4  # postmaster, 4+ backends, aux processes
+        assert all(alive(pid) for pid in found["server"])
+        assert os.path.isdir(found["directory"])
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    pids = [*found["server"], found["watchdog"]]
+    directory = found["directory"]
+    wait_until(
+        lambda: (
+            not any(map(alive, pids))
+            and not os.path.lexists(directory)
+            and not mentions(directory)
+        )
+    )
+    assert [pid for pid in pids if alive(pid)] == []
+    assert not os.path.lexists(directory)
+    assert mentions(directory) == []
