@@ -199,6 +199,7 @@ class ReconnectingConnection:
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
+        self._server: tuple | None = None  # (raw connection, its server)
         self._raw: Any | None = None
         self._last_raw: Any | None = None
         self._disconnected = False
@@ -333,7 +334,7 @@ class ReconnectingConnection:
         raw = self._connection()
         written = None
         try:
-            written = _transaction_id(raw)
+            written = self._transaction_id(raw)
             raw.commit()
         except Exception as exc:
             if self._closed or not is_disconnection(exc, raw):
@@ -342,6 +343,30 @@ class ReconnectingConnection:
             if written is None:
                 raise retry from exc  # nothing was written: safe to redo
             self._resolve(*written, retry, exc)
+
+    def _transaction_id(self, raw: Any) -> tuple[str, tuple] | None:
+        """Return the open transaction's id and server, if it wrote anything."""
+        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+        if raw.info.transaction_status in (0, 3):
+            return None
+        current = (
+            "pg_current_xact_id_if_assigned()"
+            if raw.info.server_version >= 130000
+            else "txid_current_if_assigned()"
+        )
+        # The server's identity is asked once per server connection, with
+        # the first id: reading it (pg_control_system) costs a file read.
+        known = self._server
+        ask_server = known is None or known[0] is not raw
+        cursor = raw.cursor()
+        try:
+            cursor.execute(f"SELECT {current}::text" + (", " + _SERVER) * ask_server)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        if ask_server:
+            self._server = known = (raw, row[1:])
+        return None if row[0] is None else (row[0], known[1])
 
     def _resolve(
         self, transaction_id: str, server: tuple, retry: Retry, exc: Exception
@@ -573,25 +598,6 @@ _SERVER = (
     "(SELECT system_identifier FROM pg_control_system())::text,"
     " pg_postmaster_start_time()::text"
 )
-
-
-def _transaction_id(raw: Any) -> tuple[str, tuple[str, str]] | None:
-    """Return the open transaction's id and server, if it wrote anything."""
-    # 0 is idle, 3 in error: nothing that COMMIT could make durable.
-    if raw.info.transaction_status in (0, 3):
-        return None
-    current = (
-        "pg_current_xact_id_if_assigned()"
-        if raw.info.server_version >= 130000
-        else "txid_current_if_assigned()"
-    )
-    cursor = raw.cursor()
-    try:
-        cursor.execute(f"SELECT {current}::text, {_SERVER}")
-        transaction_id, cluster, started = cursor.fetchone()
-    finally:
-        cursor.close()
-    return None if transaction_id is None else (transaction_id, (cluster, started))
 
 
 def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
