@@ -4,7 +4,7 @@ docstrings runs as a test, each page against a fresh test database."""
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 
 from sybil import Sybil
-from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser
+from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser, SkipParser
 
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
 
@@ -34,6 +34,7 @@ pytest_collect_file = Sybil(
     parsers=[
         DocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE),
         PythonCodeBlockParser(),
+        SkipParser(),
     ],
     patterns=[
         "README.rst",

@@ -118,6 +118,9 @@ UNREACHABLE_MESSAGES = DISCONNECT_MESSAGES + (
     "the database system is in recovery mode",
     "the database system is not yet accepting connections",
     "sorry, too many clients already",
+    "too many connections for role",
+    "too many connections for database",
+    "remaining connection slots are reserved",
 )
 
 

@@ -602,7 +602,9 @@ class PortForwardTestSetup:
         packets with the proxy's address and port as destination or source;
         the rest of the loopback traffic, including the proxy's own
         connections to the server, is untouched.  ``heal()`` removes them,
-        as do ``restore()``, ``tearDown()`` and the end of the process.
+        as do ``restore()``, ``tearDown()`` and the end of the process; a
+        process killed outright leaves them behind, and ``iptables -S
+        INPUT`` shows them with the comment ``reconnecting partition``.
 
         :raises PermissionError: when not permitted: dropping packets in the
             kernel needs root (CAP_NET_ADMIN).
