@@ -26,10 +26,9 @@ import statistics
 import sys
 import time
 
-from reconnecting import ReconnectingConnection
-from reconnecting.testing import PgTestSetup
+from _common import BLOCK, connect_over_unix_socket, test_database
 
-BLOCK = 100  # transactions per block
+from reconnecting import ReconnectingConnection
 
 
 def transactions(db, cursor, extra_select, count=BLOCK):
@@ -44,20 +43,11 @@ def transactions(db, cursor, extra_select, count=BLOCK):
 
 
 def main(rounds=200):
-    pg = PgTestSetup()
-    pg.setUp()
-    try:
-        socket_dir = getattr(pg.server, "socket_dir", None)
-
-        def factory():
-            if socket_dir:
-                return pg.connect(host=socket_dir)
-            return pg.connect()
-
-        admin = factory()
+    with test_database() as pg:
+        admin = connect_over_unix_socket(pg)
         admin.autocommit = True
         admin.cursor().execute("CREATE TABLE item (id serial, n int)")
-        raw = factory()
+        raw = connect_over_unix_socket(pg)
 
         def shared():
             return raw
@@ -84,8 +74,6 @@ def main(rounds=200):
                 admin.cursor().execute("TRUNCATE item")
         raw.close()
         admin.close()
-    finally:
-        pg.tearDown()
     for name in names:
         median = statistics.median(times[name]) * 1e6
         print(f"{name:>17}: median {median:.1f} us per transaction")

@@ -12,50 +12,22 @@ Target: a ratio of at most 1.03.
 
 import statistics
 import sys
-import time
 
-import psycopg2
+from _common import BLOCK, alternating_blocks, connect_over_unix_socket, test_database
 
 from reconnecting import ReconnectingConnection
-from reconnecting.testing import PgTestSetup
-
-BLOCK = 100  # round trips per block
-
-
-def round_trips(cursor, count=BLOCK):
-    started = time.perf_counter()
-    for _ in range(count):
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
-    return time.perf_counter() - started
 
 
 def main(pairs=400):
-    pg = PgTestSetup()
-    pg.setUp()
-    try:
-        socket_dir = getattr(pg.server, "socket_dir", None)
-        if socket_dir:
-            raw = psycopg2.connect(
-                host=socket_dir, port=pg.port, dbname=pg.dbname, user=pg.user
-            )
-        else:
-            raw = pg.connect()
+    with test_database() as pg:
+        raw = connect_over_unix_socket(pg)
         # The same server connection for both: only the wrapper differs.
         wrapped = ReconnectingConnection(lambda: raw).cursor()
         direct = raw.cursor()
-        round_trips(direct), round_trips(wrapped)  # warm up
-        ratios, direct_times = [], []
-        for pair in range(pairs):
-            if pair % 2:
-                d, w = round_trips(direct), round_trips(wrapped)
-            else:
-                w, d = round_trips(wrapped), round_trips(direct)
-            ratios.append(w / d)
-            direct_times.append(d / BLOCK)
+        times = alternating_blocks(direct, wrapped, pairs)
         raw.close()
-    finally:
-        pg.tearDown()
+    ratios = [w / d for d, w in times]
+    direct_times = [d / BLOCK for d, _ in times]
     print(
         f"psycopg2 direct: median {statistics.median(direct_times) * 1e6:.1f} us"
         " per round trip"

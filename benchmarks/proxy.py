@@ -15,45 +15,23 @@ which CPUs the proxy thread, the client and the backend land on.
 
 import statistics
 import sys
-import time
 
-from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+from _common import BLOCK, alternating_blocks, test_database
 
-BLOCK = 100  # round trips per block
-
-
-def round_trips(cursor, count=BLOCK):
-    started = time.perf_counter()
-    for _ in range(count):
-        cursor.execute("SELECT 1")
-        cursor.fetchone()
-    return time.perf_counter() - started
+from reconnecting.testing import PortForwardTestSetup
 
 
 def main(pairs=300):
-    pg = PgTestSetup()
-    pg.setUp()
-    proxy = PortForwardTestSetup()
-    proxy.setUp()
-    try:
+    with test_database() as pg, PortForwardTestSetup() as proxy:
         direct_conn = pg.connect()  # TCP to 127.0.0.1, the server's port
         proxied_conn = pg.connect(host=proxy.host, port=proxy.port)
         direct, proxied = direct_conn.cursor(), proxied_conn.cursor()
-        round_trips(direct), round_trips(proxied)  # warm up
-        ratios, direct_times, proxied_times = [], [], []
-        for pair in range(pairs):
-            if pair % 2:
-                d, p = round_trips(direct), round_trips(proxied)
-            else:
-                p, d = round_trips(proxied), round_trips(direct)
-            ratios.append(p / d)
-            direct_times.append(d / BLOCK)
-            proxied_times.append(p / BLOCK)
+        times = alternating_blocks(direct, proxied, pairs)
         direct_conn.close()
         proxied_conn.close()
-    finally:
-        proxy.tearDown()
-        pg.tearDown()
+    ratios = [p / d for d, p in times]
+    direct_times = [d / BLOCK for d, _ in times]
+    proxied_times = [p / BLOCK for _, p in times]
     print(f"direct TCP: median {statistics.median(direct_times) * 1e6:.1f} us")
     print(f"via proxy:  median {statistics.median(proxied_times) * 1e6:.1f} us")
     print(

@@ -27,8 +27,10 @@ import statistics
 import sys
 import time
 
+from _common import test_database
+
 from reconnecting import ReconnectingConnection, Retry
-from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+from reconnecting.testing import PortForwardTestSetup
 
 
 def first_row(cursor):
@@ -104,11 +106,7 @@ def measure(label, connect, outage, rounds):
 
 def main(rounds=100):
     logging.getLogger("reconnecting").setLevel(logging.ERROR)  # outages are the point
-    pg = PgTestSetup()
-    pg.setUp()
-    proxy = PortForwardTestSetup()
-    proxy.setUp()
-    try:
+    with test_database() as pg, PortForwardTestSetup() as proxy:
 
         def bounce_proxy():
             proxy.tearDown()
@@ -126,9 +124,6 @@ def main(rounds=100):
             lambda: pg.restart("fast"),
             max(rounds // 4, 5),
         )
-    finally:
-        proxy.tearDown()
-        pg.tearDown()
 
 
 if __name__ == "__main__":

@@ -18,4 +18,6 @@ nitpick_ignore_regex = [
     ("py:class", r"(types\.)?TracebackType"),
     # The sys.exc_info() triple, spelled out in Retry's docstring.
     ("py:class", r"ExcInfo"),
+    # Not documented here (no intersphinx); in wait_until()'s signature.
+    ("py:class", r"collections\.abc\.Callable"),
 ]

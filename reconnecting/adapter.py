@@ -4,9 +4,10 @@
 :class:`~reconnecting.ReconnectingConnection` per thread, dressed as the
 ``zope.rdb`` interfaces of :mod:`reconnecting.interfaces`.  Using a cursor
 joins the connection to the current ``transaction``, through a
-:class:`ConnectionDataManager` that commits and rolls back the database
-transaction with it, and that tells the transaction manager to retry a
-unit of work interrupted by an outage.
+:class:`~reconnecting.datamanager.ConnectionDataManager` that commits and
+rolls back the database transaction with it, and that tells the transaction
+manager to retry a unit of work interrupted by an outage.  DSNs are read by
+:func:`~reconnecting.dsn.parse_dsn`.
 
 This module needs ``zope.interface`` and ``transaction`` (the ``zope``
 extra), and the ``psycopg2`` driver once a connection is made.
@@ -15,17 +16,16 @@ extra), and the ``psycopg2`` driver once a connection is made.
 from __future__ import annotations
 
 import codecs
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import quote_plus, unquote_plus
 
 import transaction
-from transaction.interfaces import IRetryDataManager
 from zope.interface import implementer
 
-from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
+from reconnecting.connection import ReconnectingConnection, ReconnectingCursor
+from reconnecting.datamanager import ConnectionDataManager
+from reconnecting.dsn import conninfo, parse_dsn, redacted_dsn
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
@@ -33,97 +33,12 @@ from reconnecting.interfaces import (
 )
 
 __all__ = [
-    "ConnectionDataManager",
+    "ConnectionDataManager",  # from reconnecting.datamanager
     "ReconnectingDatabaseAdapter",
     "ZopeConnection",
     "ZopeCursor",
-    "parse_dsn",
+    "parse_dsn",  # from reconnecting.dsn
 ]
-
-_KEYWORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def parse_dsn(dsn: str) -> dict[str, str]:
-    """Turn a Zope DSN into libpq connection keywords.
-
-    The DSN reads ``dbi://user:password@host:port/dbname;key=value;...``.
-    Every part is optional and percent-encoded (``+`` stands for a space, as
-    in ``zope.rdb``).  Without ``@`` the part before ``/`` is the user and
-    password, not the host.  Only the parts present are returned.
-
-    :raises ValueError: saying what is wrong, never quoting the password.
-    :raises TypeError: if ``dsn`` is not a string.
-    """
-    if not isinstance(dsn, str):
-        raise TypeError(f"a DSN is a str, not {type(dsn).__name__}")
-    if not dsn.startswith("dbi://"):
-        raise ValueError("a DSN must start with 'dbi://'")
-    path, _, raw_parameters = dsn[len("dbi://") :].partition(";")
-    # Split at the last '/' and '@': an unencoded '/' or '@' in a password
-    # must not push the password into the database name or host.
-    location, _, dbname = path.rpartition("/")
-    if ":" in dbname or "@" in dbname:
-        raise ValueError(
-            "unexpected ':' or '@' in the database name: percent-encode it, "
-            "and any ';' in the password"
-        )
-    userinfo, at, hostport = location.rpartition("@")
-    if not at:
-        userinfo, hostport = location, ""
-    user, _, password = userinfo.partition(":")
-    if hostport.startswith("["):  # an IPv6 address: [::1]:5432
-        host, bracket, port = hostport[1:].partition("]")
-        if not bracket or port[:1] not in ("", ":"):
-            raise ValueError("write an IPv6 host as [address] or [address]:port")
-        port = port[1:]
-    else:
-        host, _, port = hostport.partition(":")
-    parts = {"user": user, "password": password, "host": host, "port": port}
-    parts["dbname"] = dbname
-    parameters = {key: unquote_plus(value) for key, value in parts.items() if value}
-    for number, item in enumerate(raw_parameters.split(";"), start=1):
-        if not item:
-            continue  # a trailing or doubled ';'
-        key, equals, value = item.partition("=")
-        key = unquote_plus(key)
-        if not equals or not _KEYWORD.fullmatch(key):
-            raise ValueError(f"parameter {number} after ';' is not keyword=value")
-        if key in parameters:
-            raise ValueError(f"{key!r} is given twice")
-        parameters[key] = unquote_plus(value)
-    port = parameters.get("port")
-    if port is not None and not (
-        port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
-    ):
-        # Not quoted: with an unencoded '@' in a password, this may be part of it.
-        raise ValueError("the port must be a number from 1 to 65535")
-    return parameters
-
-
-def _redacted_dsn(parameters: dict[str, str]) -> str:
-    """Write ``parameters`` back as a DSN, every password shown as ``***``."""
-    shown = {
-        key: "***" if "password" in key else quote_plus(value)
-        for key, value in parameters.items()
-    }
-    location = shown.pop("user", "")
-    if "password" in shown:
-        location += ":" + shown.pop("password")
-    if "host" in shown or "port" in shown:
-        location += "@" + shown.pop("host", "")
-        if "port" in shown:
-            location += ":" + shown.pop("port")
-    dsn = "dbi://" + (location + "/" if location else "") + shown.pop("dbname", "")
-    return dsn + "".join(f";{key}={value}" for key, value in shown.items())
-
-
-def _conninfo(parameters: dict[str, str]) -> str:
-    """Write ``parameters`` as a libpq connection string."""
-    # Quote every value, escaping backslashes and quotes, as libpq reads them.
-    return " ".join(
-        "{}='{}'".format(key, value.replace("\\", "\\\\").replace("'", "\\'"))
-        for key, value in parameters.items()
-    )
 
 
 def _identity(value: Any) -> Any:
@@ -134,10 +49,10 @@ def _identity(value: Any) -> Any:
 class ReconnectingDatabaseAdapter:
     """A Zope database adapter for PostgreSQL that survives outages.
 
-    ``dsn`` is read by :func:`parse_dsn`.  Each thread gets its own
-    :class:`ZopeConnection`; the server connection behind it is opened on
-    first use and again after each outage, with the DSN current at that
-    moment.  Its work joins transactions of ``transaction_manager``
+    ``dsn`` is read by :func:`~reconnecting.dsn.parse_dsn`.  Each thread gets
+    its own :class:`ZopeConnection`; the server connection behind it is
+    opened on first use and again after each outage, with the DSN current at
+    that moment.  Its work joins transactions of ``transaction_manager``
     (``transaction.manager``, the thread-local default, if not given).
 
     Commits whose reply is lost are resolved (``resolve_commit`` of
@@ -168,7 +83,7 @@ class ReconnectingDatabaseAdapter:
 
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} {_redacted_dsn(self._parameters)}>"
+        return f"<{name} {redacted_dsn(self._parameters)}>"
 
     def setDSN(self, dsn: str) -> None:  # noqa: N802 (Zope API)
         """Check and set the DSN, for the server connections made from now on.
@@ -223,7 +138,7 @@ class ReconnectingDatabaseAdapter:
     def _connect_to_server(self) -> Any:
         import psycopg2  # the driver is needed only once a connection is made
 
-        return psycopg2.connect(_conninfo(self._parameters))
+        return psycopg2.connect(conninfo(self._parameters))
 
     def getEncoding(self) -> str:  # noqa: N802 (Zope API)
         """Return :attr:`encoding`."""
@@ -395,61 +310,3 @@ class ZopeCursor:
             return value(*args, **kwargs)
 
         return join_then_call
-
-
-@implementer(IRetryDataManager)
-class ConnectionDataManager:
-    """Takes part, for one :class:`ZopeConnection`, in one transaction.
-
-    The database transaction is committed in :meth:`tpc_vote` and rolled
-    back by :meth:`abort` and :meth:`tpc_abort`.
-    """
-
-    def __init__(self, connection: ZopeConnection, transaction_manager: Any) -> None:
-        self._connection = connection
-        #: The transaction manager whose transaction this one joined.
-        self.transaction_manager = transaction_manager
-
-    def abort(self, txn: Any) -> None:
-        """Roll back; doing it again does no harm."""
-        self._connection._left(txn)
-        if not self._connection.closed:  # closing rolled back already
-            self._connection.rollback()
-
-    def tpc_begin(self, txn: Any) -> None:
-        """Nothing to prepare."""
-
-    def commit(self, txn: Any) -> None:
-        """Nothing to do: the work is in the database transaction already."""
-
-    def tpc_vote(self, txn: Any) -> None:
-        """Commit the database transaction.
-
-        PostgreSQL cannot promise a commit without making it, so it is made
-        here, where a failure still aborts the whole transaction.  A
-        :class:`~reconnecting.Retry` raised here means the commit may or may
-        not have happened.
-        """
-        self._connection.commit()
-
-    def tpc_finish(self, txn: Any) -> None:
-        """Forget the finished transaction."""
-        self._connection._left(txn)
-
-    def tpc_abort(self, txn: Any) -> None:
-        """Roll back, as :meth:`abort` (a commit made by the vote stays)."""
-        self.abort(txn)
-
-    def sortKey(self) -> str:  # noqa: N802 (transaction API)
-        """Return a key that sorts after the usual ones."""
-        # Vote last: every other resource has then voted yes before the
-        # commit that cannot be taken back.
-        return f"~reconnecting:{id(self)}"
-
-    def should_retry(self, exception: BaseException) -> bool:
-        """Tell the transaction manager to retry after a :class:`~reconnecting.Retry`.
-
-        A commit whose outcome is unknown must not be retried; an error
-        saying so must therefore not be a ``Retry``.
-        """
-        return isinstance(exception, Retry)

@@ -25,15 +25,7 @@ from reconnecting.interfaces import (
     IZopeConnection,
     IZopeCursor,
 )
-from reconnecting.testing import PgTestSetup, PortForwardTestSetup
-
-
-@pytest.fixture(scope="module")
-def pg():
-    setup = PgTestSetup()
-    setup.setUp()
-    yield setup
-    setup.tearDown()
+from reconnecting.testing import PortForwardTestSetup
 
 
 @pytest.fixture
@@ -53,14 +45,6 @@ def adapter(pg, tm):
     yield adapter
     tm.abort()
     adapter.disconnect()
-
-
-@pytest.fixture
-def witness(pg):
-    conn = pg.connect()
-    conn.autocommit = True
-    yield conn.cursor()
-    conn.close()
 
 
 def joined(tm):
@@ -164,8 +148,8 @@ def test_data_manager_api(adapter, tm):
     assert not dm.should_retry(CommitOutcomeUnknown("123", "unreachable"))
 
 
-def test_abort_is_idempotent(adapter, tm, witness):
-    witness.execute("CREATE TABLE abort_twice (x int)")
+def test_abort_is_idempotent(adapter, tm, direct):
+    direct.execute("CREATE TABLE abort_twice (x int)")
     cursor = adapter().cursor()
     cursor.execute("INSERT INTO abort_twice VALUES (1)")
     txn = tm.get()
@@ -174,8 +158,8 @@ def test_abort_is_idempotent(adapter, tm, witness):
     dm.abort(txn)
     dm.tpc_abort(txn)
     tm.abort()
-    witness.execute("SELECT count(*) FROM abort_twice")
-    assert witness.fetchone() == (0,)
+    direct.execute("SELECT count(*) FROM abort_twice")
+    assert direct.fetchone() == (0,)
 
 
 def test_abort_after_disconnect_does_not_raise(adapter, tm):
@@ -191,10 +175,8 @@ def test_committing_work_of_a_closed_connection_fails(adapter, tm):
         tm.commit()
 
 
-def test_a_failing_vote_aborts_the_transaction(adapter, tm, witness):
-    witness.execute(
-        "CREATE TABLE deferred (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)"
-    )
+def test_a_failing_vote_aborts_the_transaction(adapter, tm, direct):
+    direct.execute("CREATE TABLE deferred (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
     cursor = adapter().cursor()
     cursor.execute("INSERT INTO deferred VALUES (1), (1)")  # checked at COMMIT
     with pytest.raises(psycopg2.errors.UniqueViolation):
@@ -202,12 +184,12 @@ def test_a_failing_vote_aborts_the_transaction(adapter, tm, witness):
     tm.abort()
     cursor.execute("INSERT INTO deferred VALUES (2)")
     tm.commit()
-    witness.execute("SELECT x FROM deferred")
-    assert witness.fetchall() == [(2,)]
+    direct.execute("SELECT x FROM deferred")
+    assert direct.fetchall() == [(2,)]
 
 
-def test_run_retries_after_an_outage(pg, tm, witness):
-    witness.execute("CREATE TABLE run_retry (x int)")
+def test_run_retries_after_an_outage(pg, tm, direct):
+    direct.execute("CREATE TABLE run_retry (x int)")
     with PortForwardTestSetup() as proxy:
         adapter = ReconnectingDatabaseAdapter(
             f"dbi://{pg.user}@{proxy.host}:{proxy.port}/{pg.dbname}",
@@ -226,18 +208,18 @@ def test_run_retries_after_an_outage(pg, tm, witness):
         tm.run(unit_of_work)
         adapter.disconnect()
     assert len(runs) == 2
-    witness.execute("SELECT count(*) FROM run_retry")
-    assert witness.fetchone() == (1,)
+    direct.execute("SELECT count(*) FROM run_retry")
+    assert direct.fetchone() == (1,)
 
 
-def test_other_cursor_methods_join_too(adapter, tm, witness):
-    witness.execute("CREATE TABLE copied (x int)")
+def test_other_cursor_methods_join_too(adapter, tm, direct):
+    direct.execute("CREATE TABLE copied (x int)")
     cursor = adapter().cursor()
     cursor.copy_expert("COPY copied FROM STDIN", io.StringIO("7\n"))
     assert len(joined(tm)) == 1
     tm.commit()
-    witness.execute("SELECT x FROM copied")
-    assert witness.fetchall() == [(7,)]
+    direct.execute("SELECT x FROM copied")
+    assert direct.fetchall() == [(7,)]
 
 
 # -- DSNs -----------------------------------------------------------------------

@@ -8,24 +8,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
 
-from reconnecting.testing import pgsql
+from reconnecting.testing import pgsql, wait_until
 from reconnecting.testing.pgsql import Cluster, PgTestSetup
 
 ROOT = Path(pgsql.__file__).resolve().parents[2]
-
-
-def wait_for(predicate, timeout=30.0):
-    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return result
 
 
 def process_gone(pid):
@@ -267,7 +258,7 @@ def test_a_killed_test_process_leaves_nothing_behind():
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
-    assert wait_for(lambda: process_gone(pid) and not os.path.exists(directory))
+    wait_until(lambda: process_gone(pid) and not os.path.exists(directory))
     assert process_gone(pid)
     assert not os.path.exists(directory)
 

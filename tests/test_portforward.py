@@ -10,18 +10,10 @@ import time
 import psycopg2
 import pytest
 
-from reconnecting.testing.pgsql import PgTestSetup
 from reconnecting.testing.portforward import PortForwardTestSetup
+from reconnecting.testing.waiting import wait_until
 
 CLOSED = "server closed the connection unexpectedly"
-
-
-def wait_for(predicate, timeout=10.0):
-    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return result
 
 
 def proxy_threads():
@@ -29,23 +21,13 @@ def proxy_threads():
 
 
 @pytest.fixture(scope="module")
-def pg():
-    setup = PgTestSetup()
-    setup.setUp()
-    with setup.connect() as conn, conn.cursor() as cur:
+def pg(pg):
+    """The module's test database, with a table and a sequence."""
+    with pg.connect() as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE t (x int)")
         cur.execute("CREATE SEQUENCE s")
     conn.close()
-    yield setup
-    setup.tearDown()
-
-
-@pytest.fixture
-def direct(pg):
-    conn = pg.connect()
-    conn.autocommit = True
-    yield conn.cursor()
-    conn.close()
+    return pg
 
 
 @pytest.fixture
@@ -144,7 +126,7 @@ def test_forwards(pg, proxy, connect):
         " listening, 1 connections>"
     )
     conn.close()
-    assert wait_for(lambda: proxy.connections == 0)
+    wait_until(lambda: proxy.connections == 0)
 
 
 def test_binds_only_to_loopback():
@@ -229,7 +211,7 @@ def test_blackhole_stops_traffic_until_dropped(proxy, connect, direct):
     # New connections are blackholed as well: the client's timeout fires.
     with pytest.raises(psycopg2.OperationalError, match="timeout expired"):
         connect(connect_timeout=2)
-    assert wait_for(lambda: proxy.connections == 1)  # the client gave up
+    wait_until(lambda: proxy.connections == 1)  # the client gave up
     proxy.drop()
     assert done.wait(10)
     worker.join()
@@ -251,7 +233,7 @@ def test_cut_after_breaks_a_large_result(proxy, connect, sql):
     proxy.cut_after(100_000)
     assert "cut_after=100000" in repr(proxy)
     assert_closed(conn, sql)
-    assert wait_for(lambda: proxy.connections == 0)
+    wait_until(lambda: proxy.connections == 0)
     # New connections are cut too, once they have had their share.
     late = connect()
     assert_closed(late, sql)
@@ -403,7 +385,7 @@ def test_cut_on_commit_sent_with_other_messages(pg, proxy, direct, deliver):
     sock.close()
     assert proxy.commit_cuts == 1
     # Outside the transaction, the sequence shows what the server ran.
-    assert wait_for(lambda: last_value(direct) == before + 1)
+    wait_until(lambda: last_value(direct) == before + 1)
     assert rows(direct, value) == deliver
 
 
@@ -424,7 +406,7 @@ def test_cut_on_commit_split_across_chunks(pg, proxy, connect, direct, deliver):
     sock.close()
     assert rows(direct, 20 + deliver) == deliver
     assert proxy.commit_cuts == 1
-    assert wait_for(lambda: proxy.connections == 1)
+    wait_until(lambda: proxy.connections == 1)
 
 
 def test_lazy_target_context_manager_and_unix_socket(pg):

@@ -36,12 +36,12 @@ import random
 import threading
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 
 import pytest
 
 from reconnecting import CommitOutcomeUnknown, ReconnectingConnection, Retry
-from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+from reconnecting.testing import PgTestSetup, PortForwardTestSetup, wait_until
 
 ACCOUNTS = 16
 OPENING_BALANCE = 1_000_000
@@ -54,14 +54,6 @@ MAX_ERRORS = 20  # per worker, before it gives up
 # -- the ledger ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def database():
-    pg = PgTestSetup()
-    pg.setUp()
-    yield pg
-    pg.tearDown()
-
-
 def admin(pg):
     """A new autocommit connection to the test database, not through a proxy."""
     conn = pg.connect(options=DURABLE)
@@ -70,8 +62,8 @@ def admin(pg):
 
 
 @pytest.fixture
-def ledger(database):
-    conn = admin(database)
+def ledger(pg):
+    conn = admin(pg)
     try:
         cursor = conn.cursor()
         cursor.execute("DROP TABLE IF EXISTS account, applied")
@@ -86,7 +78,7 @@ def ledger(database):
         )
     finally:
         conn.close()
-    return database
+    return pg
 
 
 def transfer_once(db, cursor, transfer):
@@ -154,12 +146,10 @@ def log_counter():
     logger.setLevel(level)
 
 
-def wait_until(predicate, timeout=SETTLE_SECONDS):
-    """Poll ``predicate`` until true or ``timeout``; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()) and time.monotonic() < deadline:
-        threading.Event().wait(0.01)
-    return result
+def settle(condition):
+    """Give ``condition`` time to come true; the caller checks what is left."""
+    with suppress(TimeoutError):
+        wait_until(condition, timeout=SETTLE_SECONDS)
 
 
 def open_fds():
@@ -364,7 +354,7 @@ def soak(
         tally.add("reconnects", db.reconnects)
         db.close()
     # Every server connection the wrappers made is closed: the proxy sees it.
-    wait_until(lambda: proxy.connections == 0)
+    settle(lambda: proxy.connections == 0)
     proxied = proxy.connections
     proxy.tearDown()
 
@@ -374,9 +364,9 @@ def soak(
         ledger_figures = audit(check, tally)
     finally:
         check.close()
-    wait_until(lambda: threading.active_count() <= threads_before)
+    settle(lambda: threading.active_count() <= threads_before)
     threads_after = threading.active_count()
-    wait_until(lambda: open_fds() <= fds_before)
+    settle(lambda: open_fds() <= fds_before)
     fds_after = open_fds()
 
     shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
@@ -423,7 +413,7 @@ def list_backends(conn):
         )
         return cursor.fetchall()
 
-    wait_until(lambda: not backends())
+    settle(lambda: not backends())
     return backends()
 
 

@@ -2,5 +2,6 @@
 
 from reconnecting.testing.pgsql import PgTestSetup
 from reconnecting.testing.portforward import PortForwardTestSetup
+from reconnecting.testing.waiting import wait_until
 
-__all__ = ["PgTestSetup", "PortForwardTestSetup"]
+__all__ = ["PgTestSetup", "PortForwardTestSetup", "wait_until"]

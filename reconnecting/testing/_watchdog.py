@@ -1,6 +1,6 @@
 """Clean up a throwaway PostgreSQL cluster when the test process dies.
 
-Started by ``reconnecting.testing.pgsql.Cluster`` as a separate process in
+Started by ``reconnecting.testing.cluster.Cluster`` as a separate process in
 its own session::
 
     python -m reconnecting.testing._watchdog FD CLUSTER_DIR DATA_DIR

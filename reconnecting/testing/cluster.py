@@ -1,0 +1,410 @@
+"""A throwaway PostgreSQL cluster, one per test process.
+
+``Cluster`` runs ``initdb`` in a private temporary directory (under
+``/dev/shm`` when there is room), tunes the server for speed rather than
+durability, and listens on 127.0.0.1 on a free port and on a unix socket in
+that directory.  The directory goes when the process exits, or, if the
+process is killed, when a watchdog process (``reconnecting/testing/_watchdog.py``)
+notices.  When running as root, as in CI containers, the server runs as the
+unprivileged user ``postgres`` (or ``nobody``), since PostgreSQL refuses to
+run as root.  ``get_cluster()`` returns the process's default cluster.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import psycopg2
+from psycopg2.extensions import make_dsn
+
+from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
+from reconnecting.testing.server import Server
+
+__all__ = ["Cluster", "get_cluster"]
+
+PASSWORD_ROLE = "password_required"
+
+_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+_WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")
+_PG_HBA = f"""\
+local all +{PASSWORD_ROLE} scram-sha-256
+host  all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256
+local all all trust
+host  all all 127.0.0.1/32 trust
+"""
+
+
+def _cluster_parent(demoted: bool) -> str | None:
+    """Prefer tmpfs, where initdb and CREATE DATABASE are about twice as fast."""
+    try:
+        st = os.statvfs("/dev/shm")
+        reachable = os.stat("/dev/shm").st_mode & 0o001 or not demoted
+    except OSError:
+        return None
+    roomy = st.f_bavail * st.f_frsize >= 512 * 2**20
+    if roomy and reachable and os.access("/dev/shm", os.W_OK | os.X_OK):
+        return "/dev/shm"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_env() -> dict[str, str]:
+    # PGDATA, PGPORT and friends would change what the server binaries do.
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
+
+
+class Cluster(Server):
+    """A throwaway PostgreSQL cluster, made by ``create()`` or the first ``start()``.
+
+    :param bindir: the directory of ``initdb`` and ``postgres``; by default
+        ``find_bindir()`` chooses.
+
+    Its directory (under ``/dev/shm`` when there is room) holds ``data/``,
+    ``socket/`` and ``server.log``.  The port is chosen once, and kept across
+    restarts.  The role ``password_required`` (NOLOGIN) exists: its members
+    must give their password, so ``CREATE ROLE alice LOGIN PASSWORD '...' IN
+    ROLE password_required`` makes a password-protected role.
+    """
+
+    host = "127.0.0.1"
+    user = "postgres"
+    _fast_clone = True
+
+    def __init__(self, bindir: str | None = None) -> None:
+        super().__init__()
+        self.bindir: str = os.path.abspath(bindir) if bindir else find_bindir()
+        self.directory: str | None = None
+        self.port: int | None = None
+        #: The output of ``postgres --version``, known after ``create()``.
+        self.version: str | None = None
+        #: Seconds ``initdb`` took.
+        self.initdb_seconds: float | None = None
+        #: Seconds from launching the server until it accepted a connection.
+        self.last_start_seconds: float | None = None
+        self._account = server_account()
+        self._owner_pid = os.getpid()
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._watchdog: subprocess.Popen | None = None
+        self._pipe: int | None = None
+        self._role_created = False
+        self._destroyed = False
+
+    def _path(self, name: str) -> str:
+        if self.directory is None:
+            raise RuntimeError("the cluster is not created yet")
+        return os.path.join(self.directory, name)
+
+    data_dir = property(lambda self: self._path("data"), doc="The data directory.")
+    socket_dir = property(lambda self: self._path("socket"), doc="Unix socket dir.")
+    log_path = property(lambda self: self._path("server.log"), doc="The server's log.")
+
+    @property
+    def running(self) -> bool:
+        """True while the server started by this object runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running server (the postmaster), or None."""
+        return self._proc.pid if self.running else None
+
+    def _as_server_user(self) -> dict[str, Any]:
+        if self._account is None:
+            return {}
+        # user= alone would keep group root and root's supplementary groups.
+        return {"user": self._account[0], "group": self._account[1], "extra_groups": []}
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            args,
+            cwd=self.directory,
+            env=_server_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            **self._as_server_user(),
+        )
+
+    def _chown(self, *paths: str) -> None:
+        for path in paths if self._account else ():
+            os.chown(path, *self._account)
+
+    def create(self) -> None:
+        """Make the cluster directory and run ``initdb``, once."""
+        with self._lock:
+            if self._destroyed:
+                raise RuntimeError("this cluster was destroyed")
+            if self.directory is not None:
+                return
+            parent = _cluster_parent(demoted=self._account is not None)
+            self.directory = tempfile.mkdtemp(prefix="reconnecting-pg-", dir=parent)
+            _live_clusters.add(self)
+            try:
+                self._start_watchdog()
+                self._initdb()
+            except BaseException:
+                self.destroy()
+                raise
+
+    def _start_watchdog(self) -> None:
+        read_end, self._pipe = os.pipe()
+        os.set_inheritable(self._pipe, False)  # only we may hold it, no child of ours
+        try:
+            args = [str(read_end), self.directory, self.data_dir]
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-I", _WATCHDOG, *args],
+                pass_fds=(read_end,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd="/",
+            )
+        finally:
+            os.close(read_end)
+
+    def _initdb(self) -> None:
+        os.mkdir(self.data_dir, 0o700)
+        os.mkdir(self.socket_dir, 0o700)
+        open(self.log_path, "ab").close()
+        self._chown(self.directory, self.data_dir, self.socket_dir, self.log_path)
+        try:  # also proves the server user can reach the binaries
+            result = self._run(os.path.join(self.bindir, "postgres"), "--version")
+        except PermissionError:
+            result = None
+        if result is None or result.returncode != 0:
+            self.bindir = copy_binaries(
+                self.bindir, self._path("binaries"), self._account
+            )
+            result = self._run(os.path.join(self.bindir, "postgres"), "--version")
+            result.check_returncode()
+        self.version = result.stdout.strip()
+        match = re.search(r"\(PostgreSQL\) (\d+)", self.version)
+        major = int(match.group(1)) if match else 0
+        options = ["-D", self.data_dir, "-U", self.user]
+        options += "-A trust -N -E UTF8 --locale=C".split()
+        if major >= 14:
+            options.append("--no-instructions")
+        if major >= 18:
+            options.append("--no-data-checksums")  # on by default since 18
+        started = time.perf_counter()
+        result = self._run(os.path.join(self.bindir, "initdb"), *options)
+        self.initdb_seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            output = result.stdout + result.stderr
+            raise RuntimeError(f"initdb failed ({result.returncode}):\n{output}")
+        hba = os.path.join(self.data_dir, "pg_hba.conf")
+        with open(hba, "w") as f:
+            f.write(_PG_HBA)
+        self._chown(hba)
+        self.port = _free_port()
+
+    def _server_command(self) -> list[str]:
+        settings = {
+            "listen_addresses": self.host,
+            "port": self.port,
+            "unix_socket_directories": self.socket_dir,
+            # Speed over durability against power loss: the data is thrown
+            # away anyway.  synchronous_commit stays on, so that a commit
+            # acknowledged before a crash (restart("immediate")) survives it,
+            # as on a real server.
+            "fsync": "off",
+            "full_page_writes": "off",
+            "max_connections": 100,  # room for soak tests
+            "shared_buffers": "32MB",
+            "logging_collector": "off",  # stderr goes to server.log
+            "log_destination": "stderr",
+            "log_min_messages": "warning",
+        }
+        command = [os.path.join(self.bindir, "postgres"), "-D", self.data_dir]
+        for name, value in settings.items():
+            command += ["-c", f"{name}={value}"]
+        return command
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server, making the cluster first if needed, and wait until
+        it accepts connections.
+
+        :raises RuntimeError: if the server exits, or does not accept
+            connections within *timeout* seconds.
+        """
+        with self._lock:
+            if self.running:
+                return
+            self.create()
+            started = time.perf_counter()
+            with open(self.log_path, "ab") as log:
+                # Not pg_ctl -w, which polls every 100 ms.  Own session: a Ctrl-C in
+                # the terminal is for the tests, which then stop the server.
+                self._proc = subprocess.Popen(
+                    self._server_command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    cwd=self.directory,
+                    env=_server_env(),
+                    start_new_session=True,
+                    **self._as_server_user(),
+                )
+            try:
+                os.write(self._pipe, b"%d\n" % self._proc.pid)  # for the watchdog
+            except OSError:
+                pass
+            self._wait_until_ready(started + timeout)
+            self.last_start_seconds = time.perf_counter() - started
+            if not self._role_created:
+                self._execute(f"CREATE ROLE {PASSWORD_ROLE} NOLOGIN")
+                self._role_created = True
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        while True:
+            if (code := self._proc.poll()) is not None:
+                self._proc = None
+                problem = f"exited with code {code} while starting"
+                break
+            try:
+                self.admin_connect(connect_timeout=5).close()
+                return
+            except psycopg2.OperationalError as exc:
+                if time.perf_counter() > deadline:
+                    self._kill()
+                    problem = f"did not accept connections in time ({exc})"
+                    break
+            time.sleep(0.01)
+        log = _tail(self.log_path)
+        raise RuntimeError(f"The PostgreSQL server {problem}; {self.log_path}:\n{log}")
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server; *mode* is ``"smart"``, ``"fast"`` or ``"immediate"``.
+
+        Sends SIGTERM, SIGINT or SIGQUIT to the server started by this object
+        and waits until it exits.  Does nothing when it does not run.
+
+        :raises TimeoutError: if it still runs after *timeout* seconds.
+        """
+        if mode not in _SIGNALS:
+            raise ValueError(f"mode must be one of {', '.join(_SIGNALS)}: {mode!r}")
+        with self._lock:
+            if self._proc is None:
+                return
+            if self._proc.poll() is None:
+                self._proc.send_signal(_SIGNALS[mode])
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    message = f"the server did not stop ({mode}) within {timeout} s"
+                    raise TimeoutError(message) from None
+            self._proc = None
+
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server with *mode*, then start it again on the same port."""
+        with self._lock:
+            self.stop(mode)
+            self.start()
+
+    def admin_connect(self, dbname: str | None = None, **kwargs: Any) -> Any:
+        """Return a new autocommit psycopg2 connection as the superuser, over the
+        unix socket.  *kwargs* go to ``psycopg2.connect``."""
+        conn = psycopg2.connect(
+            host=self.socket_dir,
+            port=self.port,
+            user=self.user,
+            dbname=dbname or "postgres",
+            **kwargs,
+        )
+        conn.autocommit = True
+        return conn
+
+    def dsn(self, dbname: str = "postgres", **extra: Any) -> str:
+        """Return a libpq connection string for *dbname*, over TCP to 127.0.0.1."""
+        params = {"host": self.host, "port": self.port, "user": self.user}
+        return make_dsn(**params, dbname=dbname, **extra)
+
+    def _kill(self) -> None:
+        """Stop the server, harder and harder."""
+        for mode, timeout in (("fast", 10.0), ("immediate", 5.0)):
+            try:
+                return self.stop(mode, timeout)
+            except TimeoutError:
+                pass
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+
+    def destroy(self) -> None:
+        """Stop the server and remove the cluster directory.  Safe to call again."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+            _live_clusters.discard(self)
+            if os.getpid() != self._owner_pid:
+                return  # in a forked child: the cluster is the parent's
+            try:
+                self._kill()
+            finally:
+                if self.directory is not None:
+                    shutil.rmtree(self.directory, ignore_errors=True)
+                if self._pipe is not None:  # last, so the watchdog finds nothing to do
+                    os.close(self._pipe)
+                    self._pipe = None
+                if self._watchdog is not None:
+                    try:
+                        self._watchdog.wait(5)
+                    except subprocess.TimeoutExpired:
+                        pass
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Cluster {self.host}:{self.port} {state}>"
+
+
+_lock = threading.RLock()
+_live_clusters: set[Cluster] = set()
+_default_cluster: Cluster | None = None
+
+
+@atexit.register
+def _destroy_clusters() -> None:
+    for cluster in list(_live_clusters):
+        cluster.destroy()
+
+
+def get_cluster() -> Cluster:
+    """Return this process's default ``Cluster``, made and started on first call."""
+    global _default_cluster
+    with _lock:
+        if _default_cluster is None or _default_cluster._destroyed:
+            cluster = Cluster()
+            try:
+                cluster.start()
+            except BaseException:
+                cluster.destroy()
+                raise
+            _default_cluster = cluster
+        return _default_cluster
