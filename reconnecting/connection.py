@@ -65,9 +65,12 @@ class CommitOutcomeUnknown(Exception):  # noqa: N818 (it is not an error of ours
     """The connection broke during ``COMMIT`` and the outcome is unknown.
 
     The transaction may or may not have committed, so redoing it is not
-    safe.  ``transaction_id`` is the server's id for it: once the server is
-    back, ``SELECT pg_xact_status('<id>')`` tells what happened.  Like after
-    any outage, the connection needs ``rollback()`` before further use.
+    safe.  ``transaction_id`` is the server's id for it and ``reason`` says
+    why the server could not tell.  Once the server is back, and if it has
+    not restarted since, ``SELECT pg_xact_status('<id>')`` tells what
+    happened; after a restart the id may belong to another transaction, and
+    only the data itself can tell.  Like after any outage, the connection
+    needs ``rollback()`` before further use.
     """
 
     def __init__(self, transaction_id: str, reason: str) -> None:
