@@ -84,7 +84,13 @@ def mentions(directory):
     return found
 
 
+def shared_memory_segments():
+    """PostgreSQL's POSIX shared memory segments, which outlive a SIGKILL."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith("PostgreSQL.")}
+
+
 def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
+    segments_before = shared_memory_segments()
     (tmp_path / "test_child.py").write_text(textwrap.dedent(CHILD_TEST))
     env = {k: v for k, v in os.environ.items() if k != pgsql.SERVER_ENV}
     child = subprocess.Popen(
@@ -124,3 +130,4 @@ def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
     assert [pid for pid in pids if alive(pid)] == []
     assert not os.path.lexists(directory)
     assert mentions(directory) == []
+    assert shared_memory_segments() <= segments_before

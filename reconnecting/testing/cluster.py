@@ -237,6 +237,9 @@ class Cluster(Server):
             "full_page_writes": "off",
             "max_connections": 100,  # room for soak tests
             "shared_buffers": "32MB",
+            # Dynamic shared memory in the data directory, not /dev/shm, so
+            # that removing the cluster removes it even after a SIGKILL.
+            "dynamic_shared_memory_type": "mmap",
             "logging_collector": "off",  # stderr goes to server.log
             "log_destination": "stderr",
             "log_min_messages": "warning",
