@@ -4,10 +4,11 @@ tests/test_pgsql.py kills a plain Python process that holds a fresh
 cluster, and checks its postmaster and directory.  This kills a *pytest*
 process in the middle of a test, after the server was restarted (so the
 watchdog must know the new postmaster), while clients are connected
-directly and through the proxy, with transactions open; then it checks
-every process of the server (the postmaster and all its children:
-backends, checkpointer, WAL writer...), the cluster directory, and the
-watchdog process itself.
+directly and through the proxy, with transactions open, and (as root) the
+proxy's port partitioned with iptables rules; then it checks every process
+of the server (the postmaster and all its children: backends,
+checkpointer, WAL writer...), the cluster directory, the watchdog process
+itself, and the firewall rules.
 """
 
 import json
@@ -50,6 +51,9 @@ CHILD_TEST = """
         clients = [pg.connect() for _ in range(3)] + [db]
         for client in clients:
             client.cursor().execute("SELECT txid_current()")  # stays open
+        partitioned = PortForwardTestSetup.partition_unavailable() is None
+        if partitioned:
+            proxy.partition()
         cluster = pg.server
         print(json.dumps({
             "first": first,
@@ -57,6 +61,8 @@ CHILD_TEST = """
             "server": [cluster.pid, *children(cluster.pid)],
             "directory": cluster.directory,
             "watchdog": cluster._watchdog.pid,
+            "partitioned": partitioned,
+            "port": proxy.port,
         }), flush=True)
         threading.Event().wait(300)
 """
@@ -89,6 +95,14 @@ def shared_memory_segments():
     return {name for name in os.listdir("/dev/shm") if name.startswith("PostgreSQL.")}
 
 
+def firewall_rules(port):
+    """The iptables INPUT rules that mention ``port``, as iptables lists them."""
+    listed = subprocess.run(
+        ["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, check=True
+    )
+    return [line for line in listed.stdout.splitlines() if f" {port} " in line]
+
+
 def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
     segments_before = shared_memory_segments()
     (tmp_path / "test_child.py").write_text(textwrap.dedent(CHILD_TEST))
@@ -113,6 +127,8 @@ def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
         assert len(found["server"]) > 4  # postmaster, 4+ backends, aux processes
         assert all(alive(pid) for pid in found["server"])
         assert os.path.isdir(found["directory"])
+        if found["partitioned"]:
+            assert len(firewall_rules(found["port"])) == 2
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -125,9 +141,12 @@ def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
                 not any(map(alive, pids))
                 and not os.path.lexists(directory)
                 and not mentions(directory)
+                and not (found["partitioned"] and firewall_rules(found["port"]))
             )
         )
     assert [pid for pid in pids if alive(pid)] == []
     assert not os.path.lexists(directory)
     assert mentions(directory) == []
     assert shared_memory_segments() <= segments_before
+    if found["partitioned"]:
+        assert firewall_rules(found["port"]) == []

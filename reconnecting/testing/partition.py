@@ -3,15 +3,18 @@
 A ``Partition`` puts two ``iptables`` rules in place on the loopback
 interface, dropping the TCP packets to and from one address and port, and
 takes them away again.  Rules still in place when the process ends are
-removed then.
+removed then, and a small watchdog process removes them even when the
+process is killed outright.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 _NO_ROOT = "dropping packets in the kernel needs root (CAP_NET_ADMIN)"
@@ -45,6 +48,29 @@ def _run_firewall(ipv6: bool, *args: str) -> None:
     raise RuntimeError(f"{' '.join(command)} failed: {message}")
 
 
+# Run by the watchdog: wait until the test process closes the pipe (or dies),
+# then remove the rules unless it said it removed them itself.
+_WATCHDOG = """
+import json, subprocess, sys
+command, rules = json.loads(sys.argv[1])
+healed = sys.stdin.buffer.read() == b"healed"
+for rule in [] if healed else rules:
+    subprocess.run([*command, "-D", *rule], capture_output=True)
+"""
+
+
+def _start_watchdog(ipv6: bool, rules: list[list[str]]) -> subprocess.Popen:
+    """Start a process that removes ``rules`` if this process dies first."""
+    command = [_firewall(ipv6), "-w"]
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", _WATCHDOG, json.dumps([command, rules])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C for the tests is not for it
+    )
+
+
 @atexit.register
 def _heal_all() -> None:
     # Never leave a rule behind, even when a test forgot heal() and tearDown().
@@ -63,6 +89,7 @@ class Partition:
         self._lock = threading.Lock()
         #: The rules in place, as ``iptables`` arguments after ``-I`` or ``-D``.
         self.rules: list[list[str]] = []
+        self._watchdog: subprocess.Popen | None = None
 
     @staticmethod
     def unavailable(ipv6: bool = False) -> str | None:
@@ -85,6 +112,7 @@ class Partition:
         with self._lock:
             if self.rules:
                 return
+            self._watchdog = _start_watchdog(self._ipv6, rules)
             try:
                 for rule in rules:
                     _run_firewall(self._ipv6, "-I", *rule)
@@ -111,5 +139,12 @@ class Partition:
                 self.rules.remove(rule)
         if not self.rules:
             _partitioned.discard(self)
+            self._stop_watchdog()
         if problem is not None:
             raise problem
+
+    def _stop_watchdog(self) -> None:
+        """Tell the watchdog the rules are gone, and wait for it to end."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.communicate(b"healed", timeout=30)
