@@ -1,6 +1,8 @@
 """The one Sybil configuration: every example in docs/ and in the package's
 docstrings runs as a test, each page against a fresh test database."""
 
+import importlib
+import os
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 
 from sybil import Sybil
@@ -8,8 +10,18 @@ from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser, SkipParser
 
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
 
+# Every page runs under either driver; CI runs the suite once with each.
+DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
+if DRIVER not in ("psycopg2", "psycopg"):
+    raise ValueError(
+        f"RECONNECTING_TEST_DRIVER must be psycopg2 or psycopg, not {DRIVER!r}"
+    )
+
 
 def set_up_page(namespace: dict) -> None:
+    # Pages connect with `driver.connect(...)` and may branch on DRIVER.
+    namespace["DRIVER"] = DRIVER
+    namespace["driver"] = importlib.import_module(DRIVER)
     namespace["_pgtestsetup"] = pg = PgTestSetup()
     pg.setUp()
 
@@ -21,7 +33,7 @@ def tear_down_page(namespace: dict) -> None:
         if isinstance(value, PortForwardTestSetup):
             value.tearDown()
         elif hasattr(value, "close") and type(value).__module__.startswith(
-            ("reconnecting", "psycopg2")
+            ("reconnecting", "psycopg2", "psycopg")
         ):
             try:
                 value.close()
