@@ -92,6 +92,9 @@ class Standby(Cluster):
         settings = {
             "hot_standby": "on",
             "cluster_name": self.name,  # the walreceiver's application_name
+            # Retry a lost primary at once rather than after 5 s, and notice
+            # a promotion request as soon.
+            "wal_retrieve_retry_interval": "50ms",
         }
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
