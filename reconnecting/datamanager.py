@@ -149,7 +149,8 @@ class ConnectionDataManager:
         committed = [s.name for s in joined if s.committed]
         if committed:
             not_committed = [s.name for s in joined if not s.committed]
-            reason = f"{type(exc).__name__}: {str(exc).strip()}"
+            message = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"{type(exc).__name__}: {message}"
             raise PartialCommitError(committed, not_committed, reason) from exc
 
     def tpc_finish(self, txn: Any) -> None:
