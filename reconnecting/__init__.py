@@ -1,5 +1,7 @@
 """reconnecting: a PostgreSQL connection that survives outages."""
 
+__version__ = "0.1.0.dev0"
+
 from reconnecting.connection import (
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
