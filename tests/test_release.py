@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import readme_renderer.rst
+import trove_classifiers
 from packaging.version import Version
 
 import reconnecting
@@ -43,6 +44,14 @@ def test_setup_cfg_reads_the_version_from_the_package():
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     assert setup["metadata"]["version"] == "attr: reconnecting.__version__"
+
+
+def test_classifiers_are_known_to_the_package_index():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    classifiers = list(filter(None, setup["metadata"]["classifiers"].splitlines()))
+    assert classifiers
+    assert set(classifiers) <= trove_classifiers.classifiers
 
 
 def test_pre_commit_runs_the_ruff_that_the_test_extra_pins():
@@ -128,3 +137,17 @@ def test_the_core_needs_no_driver_and_no_extra():
     )
     assert result.stderr == ""
     assert result.stdout == f"{reconnecting.__version__} False\n"
+
+
+def test_pytest_starts_without_the_testing_extra(tmp_path):
+    # The package registers a pytest plugin; a project that installed the
+    # package without the testing extra must still be able to run pytest.
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    script = (
+        "import sys; sys.modules['psycopg2'] = None\n"
+        "import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
