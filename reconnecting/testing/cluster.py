@@ -232,6 +232,8 @@ class Cluster(Server):
             "fsync": "off",
             "full_page_writes": "off",
             "max_connections": 100,  # room for soak tests
+            # The adapter's two-phase commit (PREPARE TRANSACTION) needs them.
+            "max_prepared_transactions": 20,
             "shared_buffers": "32MB",
             # Dynamic shared memory in the data directory, not /dev/shm, so
             # that removing the cluster removes it even after a SIGKILL.
