@@ -118,6 +118,11 @@ class Standby(Cluster):
                 self._synchronous_on_primary = True
             state = "sync" if self.synchronous else "async"
             wait_until(lambda: self._replication_state() == state, timeout)
+            if self.synchronous:
+                # Commits wait for a standby only once the checkpointer has
+                # read the new setting; it reads a pending reload before any
+                # checkpoint, so once CHECKPOINT returns, every commit waits.
+                self.primary._execute("CHECKPOINT")
 
     def _replication_state(self) -> str | None:
         """The primary's ``sync_state`` of this standby while it streams."""
