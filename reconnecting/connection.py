@@ -963,7 +963,7 @@ def _keep_results(
 # A new connection and one question take a few round trips and a server
 # process start; _resolve() waits this much plus ten measured round trips
 # after the deadline for the question asked last.
-_CONNECT_GRACE = 0.05
+_CONNECT_GRACE = 0.25
 
 
 class _Asking:
