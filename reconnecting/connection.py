@@ -560,6 +560,8 @@ class ReconnectingConnection:
                 self._install(raw)
                 return raw
             current, closed = self._raw, self._closed
+            if self._last_raw is None:
+                self._last_raw = raw  # for the driver's InterfaceError class
         _close_quietly(raw)  # closed meanwhile, or another thread was faster
         if closed:
             raise self._closed_error()
