@@ -280,8 +280,6 @@ def _is_psycopg3(raw: Any) -> bool:
 # Calls that would hand out a driver object talking to the server outside
 # the contract, and what to use instead.
 _REFUSED = {
-    "transaction": "use commit() and rollback(), or a `with` block on the "
-    "connection, which raise Retry and resolve commits",
     "pipeline": "use executemany(), which psycopg pipelines by itself",
     "copy": "use executemany(), or a driver connection of your own for COPY",
     "lobject": "use the server's lo_* functions through execute()",
@@ -481,6 +479,75 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
+class _TransactionBlock:
+    """psycopg 3's ``transaction()`` block, made of the connection's own calls.
+
+    The outermost block ends with the connection's ``commit()`` (so a lost
+    reply is resolved when asked for) or ``rollback()``; inner blocks, and
+    blocks opened inside a transaction, are savepoints.  A block left by
+    :class:`Retry` touches nothing: the caller rolls back, as always.
+    """
+
+    def __init__(
+        self,
+        connection: ReconnectingConnection,
+        savepoint_name: str | None = None,
+        force_rollback: bool = False,
+    ) -> None:
+        self.connection = connection
+        self.savepoint_name = savepoint_name
+        self.force_rollback = force_rollback
+        self._cursor = connection.cursor()
+        self._outer = False
+
+    def misuse(self, what: str) -> Exception:
+        raw = self.connection._last_raw
+        error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
+        return error_class(f"{what}() is not allowed inside a transaction() block")
+
+    def __enter__(self) -> _TransactionBlock:
+        connection = self.connection
+        raw = connection._connection()
+        self._outer = not connection._blocks and raw.info.transaction_status == 0
+        if not self._outer:
+            depth = len(connection._blocks) + 1
+            self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
+            self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+        elif raw.autocommit:
+            self._cursor.execute("BEGIN")
+        connection._blocks.append(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        connection = self.connection
+        connection._blocks.remove(self)
+        if isinstance(exc, Retry):
+            return False
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                connection.commit()
+            else:
+                self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            return False
+        if self._outer:
+            connection.rollback()
+        else:
+            self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+        # psycopg.Rollback ends this block quietly, or the one it names.
+        if type(exc).__name__ == "Rollback":
+            return getattr(exc, "transaction", None) in (None, self)
+        return False
+
+    def _quoted(self) -> str:
+        return '"' + str(self.savepoint_name).replace('"', '""') + '"'
+
+
 class ReconnectingConnection:
     """A DB-API connection that reconnects after ``rollback()``.
 
@@ -516,6 +583,7 @@ class ReconnectingConnection:
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
+        self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -746,6 +814,8 @@ class ReconnectingConnection:
             return _refusal(raw, name)
         if name in _SESSION_METHODS:
             return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
+        if name == "transaction":  # psycopg 3: a block whose COMMIT is ours
+            return lambda *args, **kwargs: _TransactionBlock(self, *args, **kwargs)
         if name == "execute":  # psycopg 3: a cursor of ours, not the driver's
             return lambda *args, **kwargs: self.cursor().execute(*args, **kwargs)
         if name == "notifies":  # psycopg 3: a generator talking to the server
@@ -814,6 +884,8 @@ class ReconnectingConnection:
         """
         if self._raw is None and not self._disconnected and not self._closed:
             return  # nothing was done, so there is nothing to commit
+        if self._blocks:
+            raise self._blocks[-1].misuse("commit")
         if not self._resolve_commit:
             self._call(_commit)
             return
