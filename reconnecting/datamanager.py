@@ -196,7 +196,8 @@ class TwoPhaseDataManager(ConnectionDataManager):
         #: The prepared transaction's id: :data:`GID_PREFIX`, the Zope
         #: transaction's random name, and this connection's number in it.
         self.gid = f"{GID_PREFIX}{self._siblings.name}:{self._number}"
-        self._state = "active"  # then "preparing", "prepared", "finished"
+        # "active", then "preparing", "prepared", and "finished" or "in doubt"
+        self._state = "active"
         self._xid: Any = None  # the database transaction's id, once known
 
     def tpc_vote(self, txn: Any) -> None:
@@ -257,6 +258,7 @@ class TwoPhaseDataManager(ConnectionDataManager):
                 error = exc
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._state = "in doubt"  # for somebody to commit: no abort
                 reason = "unreachable; it stays prepared until committed"
                 raise CommitOutcomeUnknown(self.gid, reason) from error
             time.sleep(min(pause, remaining))
