@@ -259,7 +259,8 @@ class TwoPhaseDataManager(ConnectionDataManager):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._state = "in doubt"  # for somebody to commit: no abort
-                reason = "unreachable; it stays prepared until committed"
+                why = "unreachable" if isinstance(error, Retry) else "busy"
+                reason = f"{why}; it stays prepared until committed"
                 raise CommitOutcomeUnknown(self.gid, reason) from error
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.5)
