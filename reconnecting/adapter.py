@@ -23,8 +23,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import transaction
-from zope.interface import implementer
+try:
+    import transaction
+    from zope.interface import implementer
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"reconnecting.adapter needs the zope extra ({exc.name} is missing): "
+        "pip install 'reconnecting[zope]'",
+        name=exc.name,
+    ) from exc
 
 from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
 from reconnecting.datamanager import (
