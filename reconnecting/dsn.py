@@ -64,9 +64,9 @@ def parse_dsn(dsn: str) -> dict[str, str]:
         if key in parameters:
             raise ValueError(f"{key!r} is given twice")
         parameters[key] = unquote_plus(value)
-    port = parameters.get("port")
-    if port is not None and not (
-        port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    given_port = parameters.get("port")
+    if given_port is not None and not (
+        given_port.isascii() and given_port.isdigit() and 1 <= int(given_port) <= 65535
     ):
         # Not quoted: with an unencoded '@' in a password, this may be part of it.
         raise ValueError("the port must be a number from 1 to 65535")

@@ -192,7 +192,7 @@ class ExistingServer(Server):
     port = property(lambda self: self._resolve(1), doc="The server's port.")
     user = property(lambda self: self._resolve(2), doc="The role connected as.")
 
-    def start(self, *args: Any) -> None:
+    def start(self, *args: Any, **kwargs: Any) -> None:
         """Raise ``RuntimeError``: an existing server cannot be controlled."""
         raise RuntimeError(
             f"Stopping and starting the server needs a throwaway cluster, but "
