@@ -5,7 +5,12 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
+import reconnecting
+
 project = "reconnecting"
+# The one version, defined in reconnecting/__init__.py; shown in every title.
+version = release = reconnecting.__version__
+html_title = f"{project} {release}"
 copyright = "2007-2026, the reconnecting authors"
 extensions = ["sphinx.ext.autodoc"]
 html_theme = "furo"
