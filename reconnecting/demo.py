@@ -68,15 +68,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " database: none may be lost or booked twice.",
     )
     parser.add_argument(
-        "transfers", nargs="?", type=int, default=10000, help="default: 10000"
+        "transfers", nargs="?", type=int, default=5000, help="default: 5000"
     )
     parser.add_argument("--driver", choices=("psycopg2", "psycopg"), default="psycopg2")
     parser.add_argument(
         "--fault-rate",
         type=float,
-        default=0.005,
+        default=0.01,
         metavar="RATE",
-        help="faults per transfer (default: 0.005, one in two hundred)",
+        help="faults per transfer (default: 0.01, one in a hundred)",
     )
     parser.add_argument(
         "--no-resolve",
