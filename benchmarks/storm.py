@@ -1,27 +1,30 @@
-"""A reconnect storm: 100 clients come back to a server with room for 40.
+"""A reconnect storm: 100 clients come back to a server with room for 17.
 
-A throwaway cluster runs with ``max_connections = 40`` (3 of them kept for
+A throwaway cluster runs with ``max_connections = 20`` (3 of them kept for
 superusers), and 100 threads, each with its own ReconnectingConnection
-(role ``storm``, not a superuser), each have one unit of work to do: ``SELECT
-1`` and commit, after which the thread closes its connection and ends.
-The server stops (``fast``) just before the threads start, so every one of
-them meets the outage, and starts again.  Measured: the time from the
-moment the server accepts connections again until all 100 units of work
-are done ("resumed"), in two ways of retrying:
+(role ``storm``, not a superuser), each have one unit of work to do,
+``SELECT pg_sleep(0.1)`` and commit, after which the thread closes its
+connection and ends.  The server stops (``fast``) just before the threads
+start, so every one of them meets the outage, and starts again.  Measured:
+the time from the moment the server accepts connections again until all
+100 units of work are done ("resumed"), in two ways of retrying:
 
 * immediate: ``except Retry: rollback()`` and straight on, no pause;
 * attempts(): ``reconnecting.attempts(db, tries=1000, deadline=30.0)``,
   with its default pauses (full jitter, 10 ms doubling, 1 s cap).
 
 Against it, in the same round, the same 100 threads make plain
-``psycopg2.connect()`` calls and their first row right after the same kind
-of restart, never more at once than the server has room for (a semaphore):
-100 connects without a single refusal, the least a storm can cost.
+``psycopg2.connect()`` calls and the same unit of work right after the
+same kind of restart, never more at once than the server has room for (a
+semaphore): 100 connects that queue instead of being refused, the least a
+storm can cost.  (A slot is free again only once the server process of the
+client that left has exited, so even these meet a refusal now and then;
+they retry at once, and the count is printed.)
 
-Printed: medians over the rounds, the ratio to the plain connects (target
-for attempts(): at most 1.5), the refusals ("too many clients", SQLSTATE
-53300) that came back as Retry, and the raw errors (anything but Retry)
-that reached a caller, which must be none.
+Printed: medians over the rounds, the median ratio to the plain connects
+(target for attempts(): at most 1.5), the refusals ("too many clients",
+SQLSTATE 53300) that came back as Retry, and the raw errors (anything but
+Retry) that reached a caller, which must be none.
 
     python benchmarks/storm.py [rounds]
 """
@@ -42,6 +45,7 @@ CLIENTS = 100
 MAX_CONNECTIONS = 20
 ROOM = MAX_CONNECTIONS - 3  # superuser_reserved_connections
 WORK = "SELECT pg_sleep(0.1)"  # a unit of work holds its connection a while
+PLAIN = "plain connect(), never more at once than the server has room for"
 REFUSALS = ("too many clients", "remaining connection slots are reserved")
 
 
@@ -104,11 +108,11 @@ def immediate_client(db, go, storm):
     db.close()
 
 
-def attempts_client(db, go, storm):
+def attempts_client(db, go, storm, **options):
     go.wait()
     while True:
         try:
-            for attempt in attempts(db, tries=1000, deadline=30.0):
+            for attempt in attempts(db, tries=1000, deadline=30.0, **options):
                 with attempt:
                     unit_of_work(db)
                 if attempt.error is not None:
@@ -152,7 +156,16 @@ def plain_wave(cluster, dsn):
     def client():
         go.wait()
         with room:
-            conn = psycopg2.connect(dsn)
+            while True:
+                try:
+                    conn = psycopg2.connect(dsn)
+                    break
+                except psycopg2.OperationalError as error:
+                    # A slot freed by a client that just left is free once
+                    # its server process has exited: rare, counted, retried.
+                    if not any(text in str(error) for text in REFUSALS):
+                        raise
+                    storm.note_retry(error)
             cursor = conn.cursor()
             cursor.execute(WORK)
             cursor.fetchone()
@@ -178,9 +191,7 @@ def main(rounds=5):
         cluster._execute("CREATE ROLE storm LOGIN", "CREATE DATABASE storm")
         dsn = make_dsn(cluster.dsn("storm"), user="storm")
         waves = {
-            "plain connect(), never more than the server has room for": (
-                lambda: plain_wave(cluster, dsn)
-            ),
+            PLAIN: (lambda: plain_wave(cluster, dsn)),
             "ReconnectingConnection, immediate retries": (
                 lambda: reconnecting_wave(cluster, dsn, immediate_client)
             ),
@@ -198,7 +209,7 @@ def main(rounds=5):
                 seconds, storm = waves[name]()
                 times[name].append(seconds)
                 storms[name].append(storm)
-        plain = times["plain connect(), never more than the server has room for"]
+        plain = times[PLAIN]
         print(
             f"{CLIENTS} clients, max_connections = {MAX_CONNECTIONS},"
             f" {rounds} rounds; from 'server accepting' to 'all resumed':"
@@ -206,24 +217,26 @@ def main(rounds=5):
         for name in waves:
             median = statistics.median(times[name])
             ratios = [t / p for t, p in zip(times[name], plain, strict=True)]
-            print(f"  {name}: median {median * 1e3:.0f} ms", end="")
-            if times[name] is not plain:
-                print(f", {statistics.median(ratios):.2f}x plain", end="")
-            print()
+            ratio = "" if name == PLAIN else f", {statistics.median(ratios):.2f}x plain"
+            print(f"  {name}: median {median * 1e3:.0f} ms{ratio}")
             waves_of = storms[name]
-            if times[name] is not plain:
-                retries = sum(s.retries for s in waves_of) / rounds
-                refusals = sum(s.refusals for s in waves_of) / rounds
-                raw = [e for s in waves_of for e in s.raw_errors]
-                gave_up = sum(s.gave_up for s in waves_of)
-                print(
-                    f"    per round: {retries:.0f} retries, of which {refusals:.0f}"
-                    f" 'too many clients' refusals as Retry;"
-                    f" raw errors reaching a caller: {len(raw)} in all;"
-                    f" loops that gave up: {gave_up}"
-                )
-                for error in sorted(set(raw))[:5]:
-                    print(f"      {error.splitlines()[0]}")
+            retries = sum(s.retries for s in waves_of) / rounds
+            refusals = sum(s.refusals for s in waves_of) / rounds
+            raw = [e for s in waves_of for e in s.raw_errors]
+            gave_up = sum(s.gave_up for s in waves_of)
+            if name == PLAIN:
+                print(f"    per round: {refusals:.1f} refusals, retried at once")
+                continue
+            print(
+                f"    per round: {retries:.0f} retries, of which {refusals:.0f}"
+                " 'too many clients' refusals as Retry"
+            )
+            print(
+                f"    raw errors reaching a caller: {len(raw)} in all;"
+                f" loops that gave up: {gave_up}"
+            )
+            for error in sorted(set(raw))[:5]:
+                print(f"      {error.splitlines()[0]}")
         print("  target: attempts() at most 1.5x plain, no raw error")
     finally:
         cluster.destroy()
