@@ -183,7 +183,7 @@ def plain_wave(cluster, dsn):
     return max(storm.resumed) - accepting, storm
 
 
-def main(rounds=5):
+def main(rounds=7):
     logging.getLogger("reconnecting").setLevel(logging.CRITICAL)  # storms are loud
     cluster = SmallCluster()
     try:
