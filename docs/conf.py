@@ -25,4 +25,7 @@ nitpick_ignore_regex = [
     ("py:class", r"ExcInfo"),
     # Not documented here (no intersphinx); in wait_until()'s signature.
     ("py:class", r"collections\.abc\.Callable"),
+    # In attempts()'s signature; Attempt's private constructor argument.
+    ("py:class", r"collections\.abc\.Iterator"),
+    ("py:class", r"_AttemptLoop"),
 ]
