@@ -563,6 +563,8 @@ class ReconnectingConnection:
                 self._install(raw)
                 return raw
             current, closed = self._raw, self._closed
+            if self._last_raw is None:
+                self._last_raw = raw  # for the driver's InterfaceError class
         _close_quietly(raw)  # closed meanwhile, or another thread was faster
         if closed:
             raise self._closed_error()
@@ -966,7 +968,7 @@ def _keep_results(
 # A new connection and one question take a few round trips and a server
 # process start; _resolve() waits this much plus ten measured round trips
 # after the deadline for the question asked last.
-_CONNECT_GRACE = 0.05
+_CONNECT_GRACE = 0.25
 
 
 class _Asking:
