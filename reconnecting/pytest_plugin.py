@@ -14,7 +14,9 @@ entry point, so any project's tests can ask for:
 The server is made (or found, see :mod:`reconnecting.testing.pgsql`) once
 per test session, when the first test asks for it.  ``-p
 no:reconnecting`` turns the plugin off.  The fixtures' modules, and the
-drivers they need, are imported only when a test asks for a fixture.
+drivers they need, are imported only when a test asks for a fixture; that
+is why this module lives outside :mod:`reconnecting.testing`, so that pytest
+still starts where the testing extra is not installed.
 """
 
 from __future__ import annotations
