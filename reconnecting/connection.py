@@ -242,8 +242,14 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
     sqlstate = _sqlstate(exc)
     if raw_connection is None:
         # Connecting: only "nobody is there (yet)" counts, never a refusal.
+        # A SQLSTATE here comes from a query the factory ran after connecting.
         if sqlstate is not None:
-            return sqlstate.startswith("08") or sqlstate in ("57P03", "53300")
+            return (
+                sqlstate.startswith("08")
+                or sqlstate in DISCONNECT_SQLSTATES
+                or sqlstate == "53300"
+                or _ends_session(exc)
+            )
         return not _says(exc, REFUSAL_MESSAGES) and _says(exc, UNREACHABLE_MESSAGES)
     if sqlstate is not None and (
         sqlstate.startswith("08") or sqlstate in DISCONNECT_SQLSTATES
