@@ -2,13 +2,18 @@
 docstrings runs as a test, each page against a fresh test database."""
 
 import importlib
+import inspect
 import os
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 
 from sybil import Sybil
-from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser, SkipParser
+from sybil.parsers.rest import PythonCodeBlockParser, SkipParser
 
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+from reconnecting.testing._doctest_asyncio import (
+    AwaitingDocTestParser,
+    close_event_loop,
+)
 
 # Every page runs under either driver; CI runs the suite once with each.
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
@@ -36,15 +41,19 @@ def tear_down_page(namespace: dict) -> None:
             ("reconnecting", "psycopg2", "psycopg")
         ):
             try:
-                value.close()
+                closing = value.close()
+                if inspect.isawaitable(closing):  # an asyncio object
+                    namespace["_event_loop"].run_until_complete(closing)
             except Exception:
                 pass
+    close_event_loop(namespace)
     namespace["_pgtestsetup"].tearDown()
 
 
 pytest_collect_file = Sybil(
     parsers=[
-        DocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE),
+        # Examples may await: asyncio.rst runs in its page's event loop.
+        AwaitingDocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE),
         PythonCodeBlockParser(),
         SkipParser(),
     ],

@@ -17,7 +17,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -355,18 +355,13 @@ class ReconnectingConnection:
         # 0 is idle, 3 in error: nothing that COMMIT could make durable.
         if raw.info.transaction_status in (0, 3):
             return None
-        current = (
-            "pg_current_xact_id_if_assigned()"
-            if raw.info.server_version >= 130000
-            else "txid_current_if_assigned()"
-        )
         # The server's identity is asked once per server connection, with
         # the first id: reading it (pg_control_system) costs a file read.
         known = self._server
         ask_server = known is None or known[0] is not raw
         cursor = raw.cursor()
         try:
-            cursor.execute(f"SELECT {current}::text" + (", " + _SERVER) * ask_server)
+            cursor.execute(_id_query(raw.info.server_version, ask_server))
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -606,30 +601,41 @@ _SERVER = (
 )
 
 
-def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
-    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
-    if raw.info.server_version >= 130000:
+def _id_query(server_version: int, ask_server: bool) -> str:
+    """The query for the open transaction's id (and the server's identity)."""
+    current = (
+        "pg_current_xact_id_if_assigned()"
+        if server_version >= 130000
+        else "txid_current_if_assigned()"
+    )
+    return f"SELECT {current}::text" + (", " + _SERVER) * ask_server
+
+
+def _status_questions(
+    server_version: int, transaction_id: str, server: tuple
+) -> Generator[tuple, Any, str]:
+    """The rules for what became of a transaction, as questions to the server.
+
+    Yields ``(query, params)``, is sent the first row of each answer (or
+    thrown its error), and returns 'committed', 'aborted', 'in progress',
+    or why the server cannot tell; the sync and the async connection ask
+    alike.
+    """
+    now = yield f"SELECT {_SERVER}", ()
+    if now[0] != server[0]:
+        return "reconnected to another cluster, which cannot tell"
+    if server_version >= 130000:
         query = "SELECT pg_xact_status(%s::xid8)"
     else:
         query = "SELECT txid_status(%s::bigint)"
-    cursor = raw.cursor()
     try:
-        cursor.execute(f"SELECT {_SERVER}")
-        now = cursor.fetchone()
-        if now[0] != server[0]:
-            return "reconnected to another cluster, which cannot tell"
-        try:
-            cursor.execute(query, (transaction_id,))
-            status = cursor.fetchone()[0]
-        except Exception as error:
-            if _sqlstate(error) != "22023":
-                raise
-            # "transaction ID ... is in the future": after a crash, the
-            # server never logged it, so it never committed.
-            status = "aborted"
-    finally:
-        cursor.close()
-        raw.rollback()
+        (status,) = yield query, (transaction_id,)
+    except Exception as error:
+        if _sqlstate(error) != "22023":
+            raise
+        # "transaction ID ... is in the future": after a crash, the server
+        # never logged it, so it never committed.
+        status = "aborted"
     if status is None:
         return "the server no longer knows it"
     if now[1] != server[1]:
@@ -641,6 +647,27 @@ def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
             return "the server restarted, and the id may have been reused"
         return "aborted"
     return status
+
+
+def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
+    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
+    questions = _status_questions(raw.info.server_version, transaction_id, server)
+    cursor = raw.cursor()
+    try:
+        question = next(questions)
+        while True:
+            try:
+                cursor.execute(*question)
+                answer = cursor.fetchone()
+            except Exception as error:
+                question = questions.throw(error)
+            else:
+                question = questions.send(answer)
+    except StopIteration as end:
+        return end.value
+    finally:
+        cursor.close()
+        raw.rollback()
 
 
 def _describe(exc: BaseException) -> str:
