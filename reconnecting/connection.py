@@ -14,10 +14,12 @@ can be copied into a project on its own.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any
 
@@ -88,8 +90,16 @@ class CommitOutcomeUnknown(Exception):  # noqa: N818 (it is not an error of ours
 DISCONNECT_SQLSTATES = frozenset(
     {"57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25P04"}
 )
-# What libpq and the drivers say when the link breaks; used only when the
-# error carries no SQLSTATE.
+# Exception classes that mean the link is gone whatever they say, known by
+# name so that no driver is imported: psycopg 3 raises ConnectionTimeout,
+# with no SQLSTATE, when connect_timeout runs out.
+DISCONNECT_CLASSES = frozenset({"ConnectionTimeout"})
+# Severities after which the server ends the session (psycopg 3 and
+# psycopg2 both expose them as diag.severity_nonlocalized).
+SESSION_ENDING_SEVERITIES = frozenset({"FATAL", "PANIC"})
+# What libpq, the drivers and PgBouncer say when the link breaks; used only
+# when the error carries no SQLSTATE.  Each is the start of a line of the
+# message, lower case, after the prefixes below; "*" stands for any text.
 DISCONNECT_MESSAGES = (
     "server closed the connection unexpectedly",
     "could not receive data from server",
@@ -101,17 +111,31 @@ DISCONNECT_MESSAGES = (
     "no connection to the server",
     "lost synchronization with server",
     "the connection is lost",
+    "the connection is closed",
+    "connection socket closed",
     "connection not open",
     "terminating connection",
     "connection reset by peer",
     "broken pipe",
+    # PgBouncer ends a client's session with these (SQLSTATE 08P01, which
+    # a driver may not pass on once the socket is closed).
+    "server conn crashed?",
+    "client_idle_timeout",
+    "query_timeout",
+    "idle transaction timeout",
+    "admin forced disconnect",
+    "database removed",
+    "server shutting down",
+    "pooler is shutting down",
 )
-# Connect failures that mean "no server there right now", as opposed to
-# "you may not come in" (bad password, unknown database).
+# Connect failures that mean "no server there right now", or none of the
+# kind target_session_attrs asks for yet, as opposed to "you may not come
+# in" (REFUSAL_MESSAGES).
 UNREACHABLE_MESSAGES = DISCONNECT_MESSAGES + (
     "connection refused",
     "could not connect to server",
     "timeout expired",
+    "connection timeout expired",
     "connection timed out",
     "no route to host",
     "network is unreachable",
@@ -120,10 +144,50 @@ UNREACHABLE_MESSAGES = DISCONNECT_MESSAGES + (
     "the database system is shutting down",
     "the database system is in recovery mode",
     "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
     "sorry, too many clients already",
     "too many connections for role",
     "too many connections for database",
     "remaining connection slots are reserved",
+    # target_session_attrs: the server is up but not of the kind asked for,
+    # as during a failover (libpq 14+, then older libpq).
+    "session is read-only",
+    "session is not read-only",
+    "server is in hot standby mode",
+    "server is not in hot standby mode",
+    '"show transaction_read_only" failed',
+    '"select pg_is_in_recovery()" failed',
+    "could not make a writable connection to server",
+    # PgBouncer has no server connection to give (yet).
+    "no more connections allowed (max_client_conn)",
+    "server login has been failing",
+    "client_login_timeout (server down)",
+    "query_wait_timeout",
+    'database "*" is disabled',
+)
+# Connect failures that are an answer, not an absence: trying again gives
+# the same answer.  A message with one of these anywhere in any line is a
+# refusal, even if another host of a multi-host DSN was unreachable.
+REFUSAL_MESSAGES = (
+    "*authentication failed*",
+    "*does not exist*",
+    "*no pg_hba.conf entry*",
+    "*pg_hba.conf rejects connection*",
+    "*permission denied*",
+    "*no such database*",  # PgBouncer
+    "*no such user*",  # PgBouncer
+)
+# What stands before the message proper on a line: psycopg 3's line per
+# host tried, libpq 14+'s "connection to server at ... failed: ", psycopg
+# 3's "<what it was doing> failed: ", PgBouncer's cached login error, and
+# a severity.
+_LINE_PREFIX = re.compile(
+    r"- host: .*?, port: .*?, hostaddr: .*?: "
+    r"|connection to server .*? failed: "
+    r"|connection is bad: "
+    r"|[a-z][a-z ]* failed: "
+    r"|server login has been failing, cached error: "
+    r"|(?:fatal|panic|error): "
 )
 
 
@@ -132,18 +196,24 @@ def _sqlstate(exc: BaseException) -> str | None:
     return getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
 
 
-def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
+def _ends_session(exc: BaseException) -> bool:
+    severity = getattr(getattr(exc, "diag", None), "severity_nonlocalized", None)
+    return severity in SESSION_ENDING_SEVERITIES
+
+
+def _lines(exc: BaseException) -> Iterator[str]:
+    """Yield each line of the message, lower case, prefixes removed."""
     for line in str(exc).lower().splitlines():
         line = line.strip()
-        # libpq 14+: 'connection to server at "h" (ip), port 5432 failed: ...'
-        if line.startswith("connection to server ") and " failed: " in line:
-            line = line.split(" failed: ", 1)[1].strip()
-        for severity in ("fatal:", "error:"):
-            if line.startswith(severity):
-                line = line[len(severity) :].strip()
-        if line.startswith(messages):
-            return True
-    return False
+        while prefix := _LINE_PREFIX.match(line):
+            line = line[prefix.end() :].lstrip()
+        yield line
+
+
+def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
+    return any(
+        fnmatchcase(line, message + "*") for line in _lines(exc) for message in messages
+    )
 
 
 def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
@@ -151,25 +221,34 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
 
     ``raw_connection`` is the driver connection the error came from, or
     ``None`` when the error came from the connection factory.  The rules run
-    from structure to text: the driver's own verdict on the connection, then
-    the SQLSTATE, and only when there is none, the message.
+    from structure to text: the driver's own verdict on the connection, the
+    exception's class, the SQLSTATE and the severity, and only when there is
+    no SQLSTATE, the message.
     """
     if not isinstance(exc, Exception):
         return False
-    if raw_connection is None:
-        # Connecting: only "nobody is there (yet)" counts, never a refusal.
-        sqlstate = _sqlstate(exc)
-        if sqlstate is not None:
-            return sqlstate.startswith("08") or sqlstate in ("57P03", "53300")
-        return _says(exc, UNREACHABLE_MESSAGES)
     # psycopg2: closed is 0 open, 1 closed, 2 broken; psycopg 3 has broken.
-    if getattr(raw_connection, "closed", False) or getattr(
-        raw_connection, "broken", False
+    if raw_connection is not None and (
+        getattr(raw_connection, "closed", False)
+        or getattr(raw_connection, "broken", False)
     ):
         return True
+    if any(cls.__name__ in DISCONNECT_CLASSES for cls in type(exc).__mro__):
+        return True
     sqlstate = _sqlstate(exc)
+    if raw_connection is None:
+        # Connecting: only "nobody is there (yet)" counts, never a refusal.
+        if sqlstate is not None:
+            return sqlstate.startswith("08") or sqlstate in ("57P03", "53300")
+        return not _says(exc, REFUSAL_MESSAGES) and _says(exc, UNREACHABLE_MESSAGES)
+    if sqlstate is not None and (
+        sqlstate.startswith("08") or sqlstate in DISCONNECT_SQLSTATES
+    ):
+        return True
+    if _ends_session(exc):
+        return True
     if sqlstate is not None:
-        return sqlstate.startswith("08") or sqlstate in DISCONNECT_SQLSTATES
+        return False
     return _says(exc, DISCONNECT_MESSAGES)
 
 
