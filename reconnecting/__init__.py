@@ -1,19 +1,61 @@
-"""reconnecting: a PostgreSQL connection that survives outages."""
+"""reconnecting: a PostgreSQL connection that survives outages.
+
+The core names come from :mod:`reconnecting.connection`, which needs only
+the standard library.  ``ReconnectingDatabaseAdapter`` is imported from
+:mod:`reconnecting.adapter` on first use, so that ``import reconnecting``
+does not import ``zope.interface`` and ``transaction``, which only the
+adapter needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
 
 from reconnecting.connection import (
+    Attempt,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
     ReconnectingConnection,
     ReconnectingCursor,
     Retry,
+    attempts,
     is_disconnection,
 )
 
+if TYPE_CHECKING:
+    from reconnecting.adapter import (
+        ReconnectingDatabaseAdapter as ReconnectingDatabaseAdapter,
+    )
+
 __all__ = [
+    "Attempt",
     "CommitOutcomeUnknown",
     "DisconnectedConnectionError",
     "ReconnectingConnection",
     "ReconnectingCursor",
     "Retry",
+    "attempts",
     "is_disconnection",
 ]
+
+# A library logs, the application decides where it goes: without this, an
+# application that configured no logging would see every outage warning on
+# stderr, through Python's handler of last resort.
+logging.getLogger("reconnecting").addHandler(logging.NullHandler())
+
+_LAZY = {"ReconnectingDatabaseAdapter": "reconnecting.adapter"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once is enough
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -14,6 +14,7 @@ can be copied into a project on its own.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sys
 import threading
@@ -24,11 +25,13 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "Attempt",
     "CommitOutcomeUnknown",
     "DisconnectedConnectionError",
     "ReconnectingConnection",
     "ReconnectingCursor",
     "Retry",
+    "attempts",
     "is_disconnection",
 ]
 
@@ -758,3 +761,131 @@ def _close_quietly(thing: Any) -> None:
         thing.close()
     except Exception:
         pass  # it is broken already; closing is only to free the socket
+
+
+# -- the retry loop ----------------------------------------------------------
+
+
+class Attempt:
+    """One try of a unit of work, made by :func:`attempts`; use it as
+    ``with attempt:``.
+
+    Leaving the block with :class:`Retry` rolls the connection back and,
+    unless the loop is out of tries or time, swallows the error: the loop
+    then pauses and makes the next attempt.  Any other error also rolls the
+    connection back, and goes on to the caller.
+    """
+
+    def __init__(self, loop: _AttemptLoop, number: int) -> None:
+        self._loop = loop
+        #: 1 for the first attempt, 2 for the second, ...
+        self.number = number
+        #: The :class:`Retry` this attempt ended with, if it was retried.
+        self.error: Retry | None = None
+        #: Seconds the loop pauses after this attempt, if it was retried.
+        self.pause: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Attempt {self.number} of {self._loop.tries}>"
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            return False
+        self._loop.db.rollback()
+        if not isinstance(exc, Retry):
+            return False
+        pause = self._loop.pause_after(self.number)
+        if pause is None:
+            return False  # out of tries or time: the last Retry goes on
+        self.error, self.pause = exc, pause
+        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
+        return True
+
+
+class _AttemptLoop:
+    def __init__(
+        self,
+        db: Any,
+        tries: int,
+        give_up_at: float,
+        base_pause: float,
+        max_pause: float,
+        jitter: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.db = db
+        self.tries = tries
+        self.give_up_at = give_up_at
+        self.base_pause = base_pause
+        self.max_pause = max_pause
+        self.jitter = jitter
+        self.clock = clock
+
+    def pause_after(self, number: int) -> float | None:
+        """The pause after failed attempt ``number``, or None to give up."""
+        if number >= self.tries:
+            return None
+        # Full jitter: anywhere between nothing and the exponential step, so
+        # that clients that failed together do not come back together.
+        step = min(self.max_pause, self.base_pause * 2.0 ** (number - 1))
+        pause = self.jitter() * step
+        if self.clock() + pause > self.give_up_at:
+            return None  # no attempt starts after the deadline
+        return pause
+
+
+def attempts(
+    db: Any,
+    tries: int = 5,
+    deadline: float = 30.0,
+    *,
+    base_pause: float = 0.01,
+    max_pause: float = 1.0,
+    sleep: Callable[[float], object] = time.sleep,
+    jitter: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Attempt]:
+    """Run a unit of work until it gets through an outage; see :class:`Attempt`.
+
+    ::
+
+        for attempt in attempts(db, tries=5, deadline=30.0):
+            with attempt:
+                unit_of_work()  # which ends with db.commit()
+
+    ``db`` is the :class:`ReconnectingConnection` the unit of work uses
+    (anything with ``rollback()`` will do).  An attempt that fails with
+    :class:`Retry` is rolled back, and after a pause the next one starts.
+    The pause after the *n*-th failed attempt is a random fraction of an
+    exponential step (full jitter)::
+
+        jitter() * min(max_pause, base_pause * 2 ** (n - 1))
+
+    that is, up to 10 ms, 20 ms, 40 ms, ... and never more than a second by
+    default.  The loop gives up after ``tries`` attempts, or when the next
+    one would start more than ``deadline`` seconds after the loop began,
+    and raises the last :class:`Retry`.  :class:`CommitOutcomeUnknown` and
+    every other error roll the connection back and propagate at once.
+
+    ``sleep``, ``jitter`` (a number from 0 to 1) and ``clock`` are there
+    for tests; each :class:`Attempt` records its ``pause``.
+    """
+    if tries < 1:
+        raise ValueError(f"tries must be at least 1, not {tries!r}")
+    loop = _AttemptLoop(
+        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
+    )
+    for number in range(1, tries + 1):
+        attempt = Attempt(loop, number)
+        yield attempt
+        if attempt.pause is None:
+            return  # it got through (or its error went to the caller)
+        sleep(attempt.pause)
