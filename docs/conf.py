@@ -19,5 +19,5 @@ nitpick_ignore_regex = [
     # The sys.exc_info() triple, spelled out in Retry's docstring.
     ("py:class", r"ExcInfo"),
     # Not documented here (no intersphinx); in wait_until()'s signature.
-    ("py:class", r"collections\.abc\.Callable"),
+    ("py:class", r"collections\.abc\.(Callable|Awaitable|AsyncIterator)"),
 ]

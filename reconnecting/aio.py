@@ -2,7 +2,7 @@
 
 :class:`AsyncReconnectingConnection` keeps the contract of
 :class:`~reconnecting.connection.ReconnectingConnection` with ``await``: an
-outage makes the call that finds it raise :class:`Retry`, the connection
+outage makes the call that finds it raise :class:`~reconnecting.Retry`, the connection
 refuses work until ``await db.rollback()``, and then the same connection and
 cursor objects carry on over a new server connection.  The rules that tell
 an outage from any other error, and those that resolve an interrupted
@@ -11,21 +11,26 @@ this one.
 
 A task cancelled in the middle of a call that talks to the server (by
 ``task.cancel()`` or ``asyncio.timeout()``) leaves the connection as an
-outage does, minus the :class:`Retry`: the server connection is closed and
+outage does, minus the :class:`~reconnecting.Retry`: the server connection is closed and
 the connection refuses work until ``rollback()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 from reconnecting.connection import (
+    Attempt,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
     Retry,
+    _AttemptLoop,
     _describe,
     _id_query,
     _status_questions,
@@ -34,10 +39,12 @@ from reconnecting.connection import (
 )
 
 __all__ = [
+    "AsyncAttempt",
     "AsyncReconnectingConnection",
     "AsyncReconnectingCursor",
     "CommitOutcomeUnknown",
     "Retry",
+    "attempts",
 ]
 
 # Session settings of psycopg 3's AsyncConnection: each is set by an
@@ -228,12 +235,12 @@ class AsyncReconnectingConnection:
         return await self.cursor().execute(query, params, **kwargs)
 
     async def commit(self) -> None:
-        """Commit; raises :class:`Retry` if the server connection is lost.
+        """Commit; raises :class:`~reconnecting.Retry` if the server connection is lost.
 
         With ``resolve_commit``, a commit interrupted after the transaction
         wrote something is resolved as the sync connection resolves it:
-        normal return if the server committed it, :class:`Retry` if it
-        rolled it back, :class:`CommitOutcomeUnknown` if nobody can tell
+        normal return if the server committed it, :class:`~reconnecting.Retry` if it
+        rolled it back, :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell
         within ``resolve_timeout`` seconds.
         """
         if self._raw is None and self._refusal is None and not self._closed:
@@ -467,7 +474,7 @@ class AsyncReconnectingCursor:
     It remembers the arguments it was made with and makes the driver cursor
     again on each new server connection, so the same cursor object keeps
     working after ``rollback()``.  Its methods that talk to the server
-    raise :class:`Retry` when the server connection is lost.
+    raise :class:`~reconnecting.Retry` when the server connection is lost.
     """
 
     def __init__(
@@ -581,6 +588,78 @@ class AsyncReconnectingCursor:
             if self._raw_cursor is not None:
                 setattr(self._raw_cursor, name, value)
             self._settings[name] = value
+
+
+# -- the retry loop ----------------------------------------------------------
+
+
+class AsyncAttempt(Attempt):
+    """One try of a unit of work, made by :func:`attempts`; use it as
+    ``async with attempt:``.  It behaves as the sync ``Attempt``, with
+    ``await db.rollback()``.
+    """
+
+    def __enter__(self) -> Attempt:
+        raise TypeError("use 'async with attempt:' with an asyncio connection")
+
+    async def __aenter__(self) -> AsyncAttempt:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            return False
+        await self._loop.db.rollback()
+        if not isinstance(exc, Retry):
+            return False
+        pause = self._loop.pause_after(self.number)
+        if pause is None:
+            return False  # out of tries or time: the last Retry goes on
+        self.error, self.pause = exc, pause
+        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
+        return True
+
+
+async def attempts(
+    db: Any,
+    tries: int = 5,
+    deadline: float = 30.0,
+    *,
+    base_pause: float = 0.01,
+    max_pause: float = 1.0,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    jitter: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[AsyncAttempt]:
+    """The sync ``reconnecting.attempts()``, for asyncio::
+
+        async for attempt in attempts(db, tries=5, deadline=30.0):
+            async with attempt:
+                await unit_of_work()  # which ends with await db.commit()
+
+    Same arguments, same pauses (capped exponential steps with full
+    jitter), same rules: :class:`~reconnecting.Retry` is rolled back and retried,
+    anything else is rolled back and goes on to the caller.  The pauses are
+    ``await asyncio.sleep()``, so other tasks run meanwhile.
+    """
+    if tries < 1:
+        raise ValueError(f"tries must be at least 1, not {tries!r}")
+    loop = _AttemptLoop(
+        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
+    )
+    for number in range(1, tries + 1):
+        attempt = AsyncAttempt(loop, number)
+        yield attempt
+        if attempt.pause is None:
+            return  # it got through (or its error went to the caller)
+        await sleep(attempt.pause)
+
+
+# -- helpers -----------------------------------------------------------------
 
 
 async def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
