@@ -694,19 +694,23 @@ async def _before(deadline: float, awaitable: Awaitable[Any], raw: Any = None) -
     task = asyncio.ensure_future(awaitable)
     loop = asyncio.get_running_loop()
     try:
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
-    except BaseException:
-        done = set()
+        await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+    except BaseException:  # the caller was cancelled
+        await _abandon(task, raw)
         raise
-    finally:
-        if not done:
-            if raw is not None:
-                _close_now(raw)
-            task.cancel()
-            await asyncio.wait({task})
-    if not done:
+    if not task.done():
+        await _abandon(task, raw)
         raise TimeoutError
     return task.result()
+
+
+async def _abandon(task: asyncio.Future, raw: Any) -> None:
+    if raw is not None:
+        _close_now(raw)
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: what it raised no longer matters
 
 
 def _close_now(raw: Any) -> None:
