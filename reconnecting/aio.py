@@ -468,6 +468,23 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
     return method
 
 
+def _fetch_method(name: str, doc: str) -> Any:
+    """Make a fetch method that, on a client-side cursor, hands out the
+    driver's own awaitable: its rows arrived with ``execute()``, so fetching
+    them does not talk to the server, and one coroutine less is faster."""
+    on_server = _server_method(name, doc)
+
+    def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
+        raw = self._connection._raw  # None while disconnected or closed
+        if self._named or raw is None or raw is not self._raw_connection:
+            return on_server(self, *args, **kwargs)
+        return getattr(self._raw_cursor, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
 class AsyncReconnectingCursor:
     """A cursor of an :class:`AsyncReconnectingConnection`.
 
@@ -483,6 +500,8 @@ class AsyncReconnectingCursor:
         self._connection = connection
         self._args = args
         self._kwargs = kwargs
+        # A named cursor is a server-side one: fetching talks to the server.
+        self._named = bool(kwargs.get("name") or (args and args[0]))
         self._raw_connection: Any | None = None
         self._raw_cursor: Any | None = None
         self._settings: dict[str, Any] = {}
@@ -518,17 +537,43 @@ class AsyncReconnectingCursor:
             lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
         )
 
-    execute = _server_method(
-        "execute", "Run a query; return this cursor, as psycopg's does.", True
-    )
+    async def execute(
+        self, query: Any, params: Any = None, **kwargs: Any
+    ) -> AsyncReconnectingCursor:
+        """Run a query; return this cursor, as psycopg's does."""
+        # The hot path, spelled out: one check, then straight to the driver.
+        connection = self._connection
+        raw = connection._raw  # None while disconnected or closed
+        if raw is None or raw is not self._raw_connection:
+            await self._run("execute", (query, params), kwargs)
+            return self
+        try:
+            await self._raw_cursor.execute(query, params, **kwargs)
+        except Exception as exc:
+            if connection._closed or not is_disconnection(exc, raw):
+                raise
+            raise await connection._lost(raw, exc) from exc
+        except BaseException:  # cancelled
+            connection._interrupted(raw)
+            raise
+        return self
+
     executemany = _server_method(
         "executemany", "Run a query for each parameter set.", True
     )
-    fetchone = _server_method("fetchone", "Return the next row, or ``None``.")
-    fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
-    fetchall = _server_method("fetchall", "Return the remaining rows.")
+    _fetchone = _fetch_method("fetchone", "")
+
+    def fetchone(self) -> Awaitable[Any]:
+        """Return the next row, or ``None``."""
+        raw = self._connection._raw  # the hot path of _fetch_method, spelled out
+        if self._named or raw is None or raw is not self._raw_connection:
+            return self._fetchone()
+        return self._raw_cursor.fetchone()
+
+    fetchmany = _fetch_method("fetchmany", "Return the next ``size`` rows.")
+    fetchall = _fetch_method("fetchall", "Return the remaining rows.")
+    __anext__ = _fetch_method("__anext__", "Return the next row.")
     scroll = _server_method("scroll", "Move the position in the result.")
-    __anext__ = _server_method("__anext__", "Return the next row.")
 
     def __aiter__(self) -> AsyncReconnectingCursor:
         return self
