@@ -1,6 +1,8 @@
 """What the benchmarks share: the test database, and timing round trips."""
 
+import argparse
 import contextlib
+import importlib
 import time
 
 from reconnecting.testing import PgTestSetup
@@ -19,11 +21,28 @@ def test_database():
         pg.tearDown()
 
 
-def connect_over_unix_socket(pg):
-    """A psycopg2 connection to the test database over the throwaway
+DRIVERS = ("psycopg2", "psycopg")
+
+
+def driver_arguments(description, count_name, count_default):
+    """Parse ``[count] [--driver psycopg2|psycopg]``; return the count and
+    the driver modules to measure (both unless one is named)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(count_name, type=int, nargs="?", default=count_default)
+    parser.add_argument("--driver", choices=DRIVERS, help="default: both, in turn")
+    args = parser.parse_args()
+    names = [args.driver] if args.driver else DRIVERS
+    return getattr(args, count_name), [importlib.import_module(n) for n in names]
+
+
+def connect_over_unix_socket(pg, driver):
+    """A connection of ``driver`` to the test database over the throwaway
     cluster's unix socket; over what ``pg.connect()`` uses on another server."""
     socket_dir = getattr(pg.server, "socket_dir", None)
-    return pg.connect(host=socket_dir) if socket_dir else pg.connect()
+    where = {"host": socket_dir} if socket_dir else {}
+    if driver.__name__ == "psycopg2":
+        return pg.connect(**where)  # with the password of an existing server
+    return driver.connect(pg.dsn, **where)
 
 
 def round_trips(cursor, count=BLOCK):

@@ -1,42 +1,52 @@
 """What does the wrapper cost per round trip?
 
-Runs ``execute('SELECT 1'); fetchone()`` through a ReconnectingConnection
-and straight through psycopg2, on the same server connection, over the unix
-socket of the throwaway test server.  Short blocks of each alternate, so both
-see the same machine; the median of the per-pair ratios is printed.
+For each driver, runs ``execute('SELECT 1'); fetchone()`` through a
+ReconnectingConnection and straight through the driver, on the same server
+connection, over the unix socket of the throwaway test server.  Short blocks
+of each alternate, so both see the same machine; the median of the per-pair
+ratios is printed, one line per driver.
 
-    python benchmarks/overhead.py [pairs]
+    python benchmarks/overhead.py [pairs] [--driver psycopg2|psycopg]
 
-Target: a ratio of at most 1.03.
+Target: a ratio of at most 1.03 with each driver.
 """
 
 import statistics
-import sys
 
-from _common import BLOCK, alternating_blocks, connect_over_unix_socket, test_database
+from _common import (
+    BLOCK,
+    alternating_blocks,
+    connect_over_unix_socket,
+    driver_arguments,
+    test_database,
+)
 
 from reconnecting import ReconnectingConnection
 
 
-def main(pairs=400):
-    with test_database() as pg:
-        raw = connect_over_unix_socket(pg)
+def measure(pg, driver, pairs):
+    raw = connect_over_unix_socket(pg, driver)
+    try:
         # The same server connection for both: only the wrapper differs.
         wrapped = ReconnectingConnection(lambda: raw).cursor()
-        direct = raw.cursor()
-        times = alternating_blocks(direct, wrapped, pairs)
+        times = alternating_blocks(raw.cursor(), wrapped, pairs)
+    finally:
         raw.close()
     ratios = [w / d for d, w in times]
-    direct_times = [d / BLOCK for d, _ in times]
+    direct = statistics.median(d / BLOCK for d, _ in times)
     print(
-        f"psycopg2 direct: median {statistics.median(direct_times) * 1e6:.1f} us"
-        " per round trip"
-    )
-    print(
-        f"wrapper / direct: median ratio {statistics.median(ratios):.3f}"
+        f"{driver.__name__:>8}: direct median {direct * 1e6:.1f} us per round trip;"
+        f" wrapper / direct: median ratio {statistics.median(ratios):.3f}"
         f" over {pairs} pairs of {BLOCK} round trips (target <= 1.03)"
     )
 
 
+def main():
+    pairs, drivers = driver_arguments(__doc__.splitlines()[0], "pairs", 400)
+    with test_database() as pg:
+        for driver in drivers:
+            measure(pg, driver, pairs)
+
+
 if __name__ == "__main__":
-    main(*(int(arg) for arg in sys.argv[1:]))
+    main()

@@ -5,7 +5,12 @@ import sys
 
 sys.path.insert(0, os.path.abspath(".."))
 
+import reconnecting
+
 project = "reconnecting"
+# The one version, defined in reconnecting/__init__.py; shown in every title.
+version = release = reconnecting.__version__
+html_title = f"{project} {release}"
 copyright = "2007-2026, the reconnecting authors"
 extensions = ["sphinx.ext.autodoc"]
 html_theme = "furo"
@@ -20,4 +25,7 @@ nitpick_ignore_regex = [
     ("py:class", r"ExcInfo"),
     # Not documented here (no intersphinx); in wait_until()'s signature.
     ("py:class", r"collections\.abc\.(Callable|Awaitable|AsyncIterator)"),
+    # In attempts()'s signature; Attempt's private constructor argument.
+    ("py:class", r"collections\.abc\.Iterator"),
+    ("py:class", r"_AttemptLoop"),
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0.dev0"
+
 from reconnecting.connection import (
     Attempt,
     CommitOutcomeUnknown,

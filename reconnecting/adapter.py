@@ -3,28 +3,43 @@
 :class:`ReconnectingDatabaseAdapter` hands out one
 :class:`~reconnecting.ReconnectingConnection` per thread, dressed as the
 ``zope.rdb`` interfaces of :mod:`reconnecting.interfaces`.  Using a cursor
-joins the connection to the current ``transaction``, through a
-:class:`~reconnecting.datamanager.ConnectionDataManager` that commits and
-rolls back the database transaction with it, and that tells the transaction
-manager to retry a unit of work interrupted by an outage.  DSNs are read by
+joins the connection to the current ``transaction``, through a data
+manager (:mod:`reconnecting.datamanager`) that commits and rolls back the
+database transaction with it, and that tells the transaction manager to
+retry a unit of work interrupted by an outage.  DSNs are read by
 :func:`~reconnecting.dsn.parse_dsn`.
 
 This module needs ``zope.interface`` and ``transaction`` (the ``zope``
-extra), and the ``psycopg2`` driver once a connection is made.
+extra), and the driver (``psycopg2`` or ``psycopg``) once a connection is
+made.
 """
 
 from __future__ import annotations
 
 import codecs
+import importlib
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import transaction
-from zope.interface import implementer
+try:
+    import transaction
+    from zope.interface import implementer
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"reconnecting.adapter needs the zope extra ({exc.name} is missing): "
+        "pip install 'reconnecting[zope]'",
+        name=exc.name,
+    ) from exc
 
-from reconnecting.connection import ReconnectingConnection, ReconnectingCursor
-from reconnecting.datamanager import ConnectionDataManager
+from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
+from reconnecting.datamanager import (
+    ConnectionDataManager,
+    PartialCommitError,
+    TwoPhaseDataManager,
+    roll_back_prepared,
+)
 from reconnecting.dsn import conninfo, parse_dsn, redacted_dsn
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
@@ -34,11 +49,19 @@ from reconnecting.interfaces import (
 
 __all__ = [
     "ConnectionDataManager",  # from reconnecting.datamanager
+    "DRIVERS",
+    "PartialCommitError",  # from reconnecting.datamanager
     "ReconnectingDatabaseAdapter",
+    "TwoPhaseDataManager",  # from reconnecting.datamanager
     "ZopeConnection",
     "ZopeCursor",
     "parse_dsn",  # from reconnecting.dsn
 ]
+
+log = logging.getLogger("reconnecting")
+
+#: The drivers the adapter can connect with: the modules' names.
+DRIVERS = ("psycopg2", "psycopg")
 
 
 def _identity(value: Any) -> Any:
@@ -58,6 +81,13 @@ class ReconnectingDatabaseAdapter:
     Commits whose reply is lost are resolved (``resolve_commit`` of
     :class:`~reconnecting.ReconnectingConnection`), waiting up to
     ``resolve_timeout`` seconds for the server to say what happened.
+
+    ``driver`` names the driver module: ``"psycopg2"`` or ``"psycopg"``
+    (psycopg 3).  With ``two_phase=True`` the connections take part in
+    transactions with a real two-phase commit
+    (:class:`~reconnecting.datamanager.TwoPhaseDataManager`), which needs a
+    server that allows prepared transactions; otherwise they commit when
+    they vote (:class:`~reconnecting.datamanager.ConnectionDataManager`).
     """
 
     #: The driver's parameter style: ``%(name)s`` and ``%s``.
@@ -73,9 +103,18 @@ class ReconnectingDatabaseAdapter:
         *,
         transaction_manager: Any = None,
         resolve_timeout: float = 10.0,
+        two_phase: bool = False,
+        driver: str = "psycopg2",
     ) -> None:
+        if driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}: {driver!r}")
         self._local = threading.local()
-        self._resolve_timeout = resolve_timeout
+        #: Seconds to wait for the server to tell what became of a commit.
+        self.resolve_timeout = resolve_timeout
+        #: Whether transactions commit in two phases (see the class).
+        self.two_phase = two_phase
+        #: The name of the driver module.
+        self.driver = driver
         if transaction_manager is None:
             transaction_manager = transaction.manager
         self._transaction_manager = transaction_manager
@@ -83,7 +122,12 @@ class ReconnectingDatabaseAdapter:
 
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} {redacted_dsn(self._parameters)}>"
+        return f"<{name} {self.redacted_dsn}>"
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN, each password shown as ``***``: fit for logs and messages."""
+        return redacted_dsn(self._parameters)
 
     def setDSN(self, dsn: str) -> None:  # noqa: N802 (Zope API)
         """Check and set the DSN, for the server connections made from now on.
@@ -112,7 +156,7 @@ class ReconnectingDatabaseAdapter:
             connection = ReconnectingConnection(
                 self._connect_to_server,
                 resolve_commit=True,
-                resolve_timeout=self._resolve_timeout,
+                resolve_timeout=self.resolve_timeout,
             )
             self._local.connection = ZopeConnection(
                 connection, self, self._transaction_manager
@@ -136,9 +180,8 @@ class ReconnectingDatabaseAdapter:
         return self._local.connection
 
     def _connect_to_server(self) -> Any:
-        import psycopg2  # the driver is needed only once a connection is made
-
-        return psycopg2.connect(conninfo(self._parameters))
+        # The driver is imported only once a connection is made.
+        return importlib.import_module(self.driver).connect(conninfo(self._parameters))
 
     def getEncoding(self) -> str:  # noqa: N802 (Zope API)
         """Return :attr:`encoding`."""
@@ -169,6 +212,7 @@ class ZopeConnection:
         self._type_info = type_info
         self._transaction_manager = transaction_manager
         self._joined: Any = None  # the transaction our data manager is in
+        self._leftovers: set[str] = set()  # prepared transactions to roll back
 
     @property
     def connection(self) -> ReconnectingConnection:
@@ -198,11 +242,35 @@ class ZopeConnection:
         self._connection.close()
 
     def registerForTxn(self) -> None:  # noqa: N802 (Zope API)
-        """Join the current transaction, unless already joined to it."""
+        """Join the current transaction, unless already joined to it.
+
+        Prepared transactions that an abort could not roll back (the server
+        was unreachable) are rolled back first.
+        """
         current = self._transaction_manager.get()
         if self._joined is not current:
-            current.join(ConnectionDataManager(self, self._transaction_manager))
+            while self._leftovers:
+                gid = min(self._leftovers)
+                roll_back_prepared(self._connection, gid)
+                self._leftovers.discard(gid)
+            two_phase = self._type_info.two_phase
+            manager = TwoPhaseDataManager if two_phase else ConnectionDataManager
+            current.join(manager(self, self._transaction_manager, current))
             self._joined = current
+
+    def _roll_back_prepared(self, gid: str) -> None:
+        """Roll back the prepared transaction ``gid`` now, or else before the
+        next transaction joins."""
+        self._leftovers.add(gid)
+        try:
+            roll_back_prepared(self._connection, gid)
+        except Exception as exc:
+            if not (isinstance(exc, Retry) or self._connection.closed):
+                raise
+            # Its name makes it easy to find: see GID_PREFIX.
+            log.warning("Prepared transaction %s left to roll back: %s", gid, exc)
+        else:
+            self._leftovers.discard(gid)
 
     def _left(self, finished: Any) -> None:
         if self._joined is finished:

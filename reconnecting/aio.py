@@ -18,22 +18,29 @@ the connection refuses work until ``rollback()``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
-import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from reconnecting.connection import (
+    _CONNECT_GRACE,
+    _REFUSED,
     Attempt,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
     Retry,
     _AttemptLoop,
+    _check_setting,
     _describe,
     _id_query,
+    _is_outage,
+    _refusal,
     _status_questions,
+    _tuple_row,
     is_disconnection,
     log,
 )
@@ -48,13 +55,10 @@ __all__ = [
 ]
 
 # Session settings of psycopg 3's AsyncConnection: each is set by an
-# awaited method, since it may need a round trip.
-_SESSION_SETTERS = {
-    "autocommit": "set_autocommit",
-    "isolation_level": "set_isolation_level",
-    "read_only": "set_read_only",
-    "deferrable": "set_deferrable",
-}
+# awaited set_<name>() method, since it may need a round trip.
+_SESSION_SETTINGS = frozenset(
+    {"autocommit", "isolation_level", "read_only", "deferrable"}
+)
 
 
 def _refused(why: str) -> Retry:
@@ -68,11 +72,13 @@ class AsyncReconnectingConnection:
     ``connection_factory`` is called with no arguments whenever a server
     connection is needed, and returns an awaitable of one, for instance
     ``lambda: psycopg.AsyncConnection.connect(dsn)``.  Session settings made
-    through this object (``await set_autocommit()``, ``set_isolation_level``,
-    ``set_read_only``, ``set_deferrable``) are remembered and applied to
-    every new server connection.  ``resolve_commit`` and
-    ``resolve_timeout`` mean what they mean for the sync connection; the
-    timeout bounds the whole resolution, connecting included.
+    through this object (``await set_autocommit()``,
+    ``set_isolation_level()``, ``set_read_only()``, ``set_deferrable()``,
+    and attributes such as ``prepare_threshold``) are remembered, one value
+    per setting, and applied to every new server connection.
+    ``resolve_commit`` and ``resolve_timeout`` mean what they mean for the
+    sync connection, and the timeout bounds the whole resolution,
+    connecting included.
     """
 
     def __init__(
@@ -85,12 +91,14 @@ class AsyncReconnectingConnection:
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
-        self._server: tuple | None = None  # (raw connection, its server)
-        self._raw: Any | None = None
+        self._raw: Any | None = None  # None unless connected
         self._last_raw: Any | None = None
         self._refusal: str | None = None  # why work is refused until rollback
         self._closed = False
-        self._session: dict[str, tuple[str, Any]] = {}
+        self._settings: dict[str, Any] = {}
+        self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
+        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
+        self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._connecting = asyncio.Lock()
         self._disconnects = 0
         self._reconnects = 0
@@ -129,16 +137,6 @@ class AsyncReconnectingConnection:
             error_class = DisconnectedConnectionError
         return error_class(f"{what} already closed")
 
-    def _current(self) -> Any:
-        """The server connection now, without connecting; for plain attributes."""
-        if self._closed:
-            raise self._closed_error()
-        if self._refusal is not None:
-            raise _refused(self._refusal)
-        if self._raw is None:
-            raise DisconnectedConnectionError("not connected yet: run a query first")
-        return self._raw
-
     async def _connection(self) -> Any:
         """Return the current server connection, making one if needed."""
         raw = self._raw
@@ -151,18 +149,29 @@ class AsyncReconnectingConnection:
             if self._refusal is not None:
                 raise _refused(self._refusal)
             if self._raw is None:
-                self._raw = await self._connect()
+                raw = await self._connect()
+                if self._closed:  # closed while connecting
+                    await _close_quietly(raw)
+                    raise self._closed_error()
+                self._install(raw)
             return self._raw
 
+    def _install(self, raw: Any) -> None:
+        """Make ``raw`` the current server connection."""
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._raw, self._last_raw, self._refusal = raw, raw, None
+
     async def _open(self) -> Any:
-        """Make a server connection with the remembered session settings."""
+        """Make a server connection with the remembered settings."""
         raw = await self._factory()
         try:
-            for kind, name, value in self._session.values():
-                if kind == "attr":
-                    setattr(raw, name, value)
+            for name, value in list(self._settings.items()):
+                if name in _SESSION_SETTINGS:
+                    await getattr(raw, f"set_{name}")(value)
                 else:
-                    await getattr(raw, name)(value)
+                    setattr(raw, name, value)
         except BaseException:
             await _close_quietly(raw)
             raise
@@ -170,36 +179,30 @@ class AsyncReconnectingConnection:
 
     async def _connect(self) -> Any:
         try:
-            raw = await self._open()
+            return await self._open()
         except Exception as exc:
             if not is_disconnection(exc, None):
                 raise
             self._refusal = "Already disconnected"
             self._disconnects += 1
             log.warning("Could not reconnect to the database: %s", _describe(exc))
-            raise Retry(sys.exc_info()) from exc
-        if self._last_raw is not None:
-            self._reconnects += 1
-            log.info("Reconnected to the database")
-        self._last_raw = raw
-        return raw
+            raise Retry((type(exc), exc, exc.__traceback__)) from exc
 
     async def _lost(self, raw: Any, exc: Exception) -> Retry:
         """Enter the disconnected state if ``raw`` is still the current one."""
-        retry = Retry(sys.exc_info())
-        if self._raw is raw and self._refusal is None:
+        if self._raw is raw:
             self._raw, self._refusal = None, "Already disconnected"
             self._disconnects += 1
             log.warning("Database connection lost: %s", _describe(exc))
             await _close_quietly(raw)
-        return retry
+        return Retry((type(exc), exc, exc.__traceback__))
 
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
 
-        The driver has tried to stop the query; whatever the transaction
-        did is gone with the server connection, so work is refused until
-        ``rollback()``, as after an outage.
+        psycopg has asked the server to stop the query; whatever the
+        transaction did goes with the server connection, so work is refused
+        until ``rollback()``, as after an outage.
         """
         if self._raw is raw:
             self._raw = None
@@ -207,18 +210,44 @@ class AsyncReconnectingConnection:
             log.info("Cancelled during a %s; closing the server connection", what)
         _close_now(raw)
 
-    async def _call(self, function: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Await ``function(raw_connection)``, turning disconnections into Retry."""
+    async def _call(self, function: Callable[[Any], Any]) -> Any:
+        """Await ``function(raw_connection)``, turning outages into Retry."""
         raw = await self._connection()
         try:
-            return await function(raw)
+            result = function(raw)
+            return await result if inspect.isawaitable(result) else result
         except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
                 raise
             raise await self._lost(raw, exc) from exc
         except BaseException:  # cancelled
             self._interrupted(raw)
             raise
+
+    async def _iterate(
+        self, start: Callable[[Any], AsyncIterator[Any]], what: str
+    ) -> AsyncIterator[Any]:
+        """Yield from the driver's ``start(raw_connection)``, with Retry."""
+        raw = await self._connection()
+        items = start(raw)
+        try:
+            while True:
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    if self._closed or not _is_outage(exc, raw):
+                        raise
+                    raise await self._lost(raw, exc) from exc
+                except BaseException:
+                    self._interrupted(raw, what)
+                    raise
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- DB-API, with await -----------------------------------------------------
 
@@ -226,7 +255,9 @@ class AsyncReconnectingConnection:
         """Return a cursor that follows this connection across reconnects."""
         if self._closed:
             raise self._closed_error()
-        return AsyncReconnectingCursor(self, args, kwargs)
+        cursor = AsyncReconnectingCursor(self, args, kwargs)
+        self._cursors.add(cursor)
+        return cursor
 
     async def execute(
         self, query: Any, params: Any = None, **kwargs: Any
@@ -235,13 +266,19 @@ class AsyncReconnectingConnection:
         return await self.cursor().execute(query, params, **kwargs)
 
     async def commit(self) -> None:
-        """Commit; raises :class:`~reconnecting.Retry` if the server connection is lost.
+        """Commit; raises :class:`~reconnecting.Retry` if the server
+        connection is lost.
 
         With ``resolve_commit``, a commit interrupted after the transaction
-        wrote something is resolved as the sync connection resolves it:
-        normal return if the server committed it, :class:`~reconnecting.Retry` if it
-        rolled it back, :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell
-        within ``resolve_timeout`` seconds.
+        wrote something is resolved by the sync connection's rules: normal
+        return if the server committed it (results already received stay
+        readable), :class:`~reconnecting.Retry` if it rolled it back,
+        :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell in
+        time.  The answer comes within ``resolve_timeout`` seconds plus the
+        time one connection and question take (estimated from the round
+        trip measured just before ``COMMIT``), and the server is asked at
+        least once; a connection attempt or a question still going on then
+        is abandoned.
         """
         if self._raw is None and self._refusal is None and not self._closed:
             return  # nothing was done, so there is nothing to commit
@@ -252,12 +289,14 @@ class AsyncReconnectingConnection:
                 written = await self._transaction_id(raw)
             await raw.commit()
         except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
                 raise
             retry = await self._lost(raw, exc)
             if written is None:
                 raise retry from exc  # nothing was written: safe to redo
             await self._resolve(*written, retry, exc)
+            for cursor in list(self._cursors):
+                cursor._keep(raw)
         except BaseException:
             if written is not None:
                 log.warning(
@@ -267,59 +306,32 @@ class AsyncReconnectingConnection:
             self._interrupted(raw, "commit")
             raise
 
-    async def _transaction_id(self, raw: Any) -> tuple[str, tuple] | None:
+    async def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
         """Return the open transaction's id and server, if it wrote anything."""
         # 0 is idle, 3 in error: nothing that COMMIT could make durable.
         if raw.info.transaction_status in (0, 3):
             return None
         known = self._server
         ask_server = known is None or known[0] is not raw
-        cursor = raw.cursor()
-        try:
-            await cursor.execute(_id_query(raw.info.server_version, ask_server))
-            row = await cursor.fetchone()
-        finally:
-            await cursor.close()
-        if ask_server:
-            self._server = known = (raw, tuple(row[1:]))
+        started = time.monotonic()
+        row = await _query_row(raw, _id_query(raw.info.server_version, ask_server))
+        self._round_trip = time.monotonic() - started
+        if ask_server or known is None:
+            known = self._server = (raw, tuple(row[1:]))
         return None if row[0] is None else (row[0], known[1])
 
     async def _resolve(
-        self, transaction_id: str, server: tuple, retry: Retry, exc: Exception
+        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
     ) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._resolve_timeout
-        pause = 0.01
-        raw, status = None, "unreachable"
-        try:
-            while loop.time() < deadline:
-                try:
-                    raw = raw or await _before(deadline, self._open())
-                    status = await _before(
-                        deadline, _transaction_status(raw, transaction_id, server), raw
-                    )
-                except TimeoutError:
-                    break
-                except Exception as error:
-                    if not is_disconnection(error, raw):
-                        status = f"status query failed ({_describe(error)})"
-                        break
-                    await _close_quietly(raw)
-                    raw, status = None, "unreachable"
-                if status != "in progress" and status != "unreachable":
-                    break
-                await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-                pause = min(pause * 2, 0.5)
-        except BaseException:
-            if raw is not None:
-                _close_now(raw)
-            raise
+        # The last question asked before the deadline may still be on its way.
+        until = deadline + _CONNECT_GRACE + 10 * self._round_trip
+        status, raw = await self._ask(transaction_id, server, deadline, until)
         if status == "committed":
             if self._refusal is not None and self._raw is None and not self._closed:
-                self._raw, self._refusal = raw, None
-                self._last_raw = raw
-                self._reconnects += 1
+                self._install(raw)
                 raw = None
             await _close_quietly(raw)
             log.info("Commit of transaction %s confirmed", transaction_id)
@@ -330,6 +342,40 @@ class AsyncReconnectingConnection:
             raise retry from exc
         log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
         raise CommitOutcomeUnknown(transaction_id, status) from exc
+
+    async def _ask(
+        self,
+        transaction_id: str,
+        server: tuple[Any, ...],
+        deadline: float,
+        until: float,
+    ) -> tuple[str, Any]:
+        """The status and the connection that got it; see :meth:`commit`."""
+        loop = asyncio.get_running_loop()
+        raw, pause = None, 0.01
+        try:
+            while True:  # at least once, then until an answer or the deadline
+                try:
+                    raw = raw or await _before(until, self._open())
+                    status = await _before(
+                        until, _transaction_status(raw, transaction_id, server), raw
+                    )
+                except TimeoutError:
+                    return "no answer in time", None
+                except Exception as error:
+                    if not _is_outage(error, raw):
+                        return f"status query failed ({_describe(error)})", raw
+                    await _close_quietly(raw)
+                    raw, status = None, "unreachable"
+                left = deadline - loop.time()
+                if status not in ("in progress", "unreachable") or left <= 0:
+                    return status, raw
+                await asyncio.sleep(min(pause, left))  # back off between questions
+                pause = min(pause * 2, 0.5)
+        except BaseException:  # cancelled while asking
+            if raw is not None:
+                _close_now(raw)
+            raise
 
     async def rollback(self) -> None:
         """Roll back, and leave the disconnected state.
@@ -348,7 +394,7 @@ class AsyncReconnectingConnection:
         try:
             await raw.rollback()
         except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
                 raise
             await self._lost(raw, exc)
             self._refusal = None
@@ -362,18 +408,17 @@ class AsyncReconnectingConnection:
         """Close for good; later use raises the driver's ``InterfaceError``."""
         self._closed = True
         raw, self._raw = self._raw, None
-        if raw is not None:
-            await _close_quietly(raw)
+        await _close_quietly(raw)
 
     # -- session settings ------------------------------------------------------
 
     async def _set_session(self, name: str, value: Any) -> None:
-        setter = _SESSION_SETTERS[name]
         if self._closed:
             raise self._closed_error()
         if self._raw is not None:
-            await self._call(lambda raw: getattr(raw, setter)(value))
-        self._session[name] = ("call", setter, value)
+            await self._call(lambda raw: getattr(raw, f"set_{name}")(value))
+            value = getattr(self._raw, name)  # as the driver reads it
+        self._settings[name] = value
 
     async def set_autocommit(self, value: bool) -> None:
         """Set autocommit now if connected, and on every new server connection."""
@@ -391,55 +436,85 @@ class AsyncReconnectingConnection:
         """Set deferrable mode now and on every new server connection."""
         await self._set_session("deferrable", value)
 
-    def _setting(self, name: str) -> Any:
-        if self._raw is not None:
-            return getattr(self._raw, name)
-        if name in self._session:
-            return self._session[name][2]
-        return self._current()  # raises: closed, disconnected or not yet connected
-
-    autocommit = property(
-        lambda self: self._setting("autocommit"), doc="The session's autocommit."
-    )
-    isolation_level = property(
-        lambda self: self._setting("isolation_level"), doc="The isolation level."
-    )
-    read_only = property(lambda self: self._setting("read_only"), doc="Read-only.")
-    deferrable = property(lambda self: self._setting("deferrable"), doc="Deferrable.")
-
     # -- context manager: psycopg 3's meaning ------------------------------------
 
     async def __aenter__(self) -> AsyncReconnectingConnection:
+        await self._connection()
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        """Commit, or roll back on an error; then close, as psycopg 3 does."""
-        if self._closed:
-            return
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, *exc: object
+    ) -> None:
+        """Commit, or roll back after an exception; then close, as psycopg 3
+        does."""
         try:
+            if self._closed:
+                return
             if exc_type is None:
                 await self.commit()
-            else:
+                return
+            try:
                 await self.rollback()
+            except Exception as error:  # keep the block's own exception
+                log.warning("Rollback at the end of a block failed: %s", error)
         finally:
             await self.close()
 
-    # -- the rest --------------------------------------------------------------
+    # -- everything else goes to the driver connection -------------------------
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        value = getattr(self._current(), name)
-        if callable(value):
-            raise _not_wrapped(self, name)
-        return value  # info, pgconn, broken, ...: what the server connection says
+        raw = self._raw
+        if raw is None:
+            if name in self._settings:
+                return self._settings[name]  # remembered: no server needed
+            raw = self._last_raw
+            if raw is None:
+                if self._closed:
+                    raise self._closed_error()
+                raise DisconnectedConnectionError(
+                    f"not connected yet: {name!r} needs a server connection"
+                )
+        # The last server connection still knows its plain attributes.
+        return self._expose(raw, name, getattr(raw, name))
 
+    def _expose(self, raw: Any, name: str, value: Any) -> Any:
+        """Return ``value``, read from ``raw``; its methods run on the current
+        server connection, with the contract."""
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data, classes (db.Error), row factories
+        if name in _REFUSED:
+            return _refusal(raw, name)
+        if name == "notifies":  # an async generator talking to the server
+            return lambda *args, **kwargs: self._iterate(
+                lambda raw: raw.notifies(*args, **kwargs), "notifies()"
+            )
+        if not inspect.iscoroutinefunction(value):
+            return value  # fileno(), xid(), add_notice_handler(): no round trip
+        return lambda *args, **kwargs: self._call(
+            lambda raw: getattr(raw, name)(*args, **kwargs)
+        )
 
-def _not_wrapped(wrapper: object, name: str) -> Exception:
-    return NotImplementedError(
-        f"{type(wrapper).__name__} does not wrap {name}(): calling it on the"
-        " server connection directly would bypass reconnection"
-    )
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if name in _SESSION_SETTINGS:
+            raise AttributeError(
+                f"{name!r} is set by a round trip on an asyncio connection:"
+                f" use 'await db.set_{name}(...)'"
+            )
+        if self._closed:
+            raise self._closed_error()
+        raw = self._raw or self._last_raw
+        if raw is None:
+            raise DisconnectedConnectionError(
+                f"not connected yet: setting {name!r} needs a server connection"
+            )
+        _check_setting(raw, name)
+        setattr(raw, name, value)  # a client-side setting: no round trip
+        self._settings[name] = value
 
 
 def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
@@ -455,7 +530,7 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
             try:
                 result = await getattr(self._raw_cursor, name)(*args, **kwargs)
             except Exception as exc:
-                if connection._closed or not is_disconnection(exc, raw):
+                if connection._closed or not _is_outage(exc, raw):
                     raise
                 raise await connection._lost(raw, exc) from exc
             except BaseException:  # cancelled
@@ -476,9 +551,11 @@ def _fetch_method(name: str, doc: str) -> Any:
 
     def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         raw = self._connection._raw  # None while disconnected or closed
-        if self._named or raw is None or raw is not self._raw_connection:
-            return on_server(self, *args, **kwargs)
-        return getattr(self._raw_cursor, name)(*args, **kwargs)
+        if self._kept or not (
+            self._named or raw is None or raw is not self._raw_connection
+        ):
+            return getattr(self._raw_cursor, name)(*args, **kwargs)
+        return on_server(self, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
@@ -495,7 +572,10 @@ class AsyncReconnectingCursor:
     """
 
     def __init__(
-        self, connection: AsyncReconnectingConnection, args: tuple, kwargs: dict
+        self,
+        connection: AsyncReconnectingConnection,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> None:
         self._connection = connection
         self._args = args
@@ -505,6 +585,7 @@ class AsyncReconnectingCursor:
         self._raw_connection: Any | None = None
         self._raw_cursor: Any | None = None
         self._settings: dict[str, Any] = {}
+        self._kept = False  # reading a result kept after a resolved commit
         self._closed = False
 
     @property
@@ -522,6 +603,16 @@ class AsyncReconnectingCursor:
         state = "closed" if self._closed else "open"
         return f"<{name} {state} at {id(self):#x}>"
 
+    def _keep(self, raw: Any) -> None:
+        """After a resolved commit: go on reading what ``raw`` sent before.
+
+        psycopg 3 keeps a client-side cursor's result in memory, so it stays
+        readable after its connection is gone; a server-side cursor's ends
+        with its transaction anyway.
+        """
+        if self._raw_connection is raw and not self._named:
+            self._kept = self._raw_cursor is not None
+
     def _cursor_on(self, raw: Any) -> Any:
         if self._closed:
             raise self._connection._closed_error("cursor")
@@ -530,9 +621,12 @@ class AsyncReconnectingCursor:
             for name, value in self._settings.items():
                 setattr(raw_cursor, name, value)
             self._raw_cursor, self._raw_connection = raw_cursor, raw
+            self._kept = False
         return self._raw_cursor
 
-    async def _run(self, name: str, args: tuple, kwargs: dict) -> Any:
+    async def _run(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         return await self._connection._call(
             lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
         )
@@ -550,7 +644,7 @@ class AsyncReconnectingCursor:
         try:
             await self._raw_cursor.execute(query, params, **kwargs)
         except Exception as exc:
-            if connection._closed or not is_disconnection(exc, raw):
+            if connection._closed or not _is_outage(exc, raw):
                 raise
             raise await connection._lost(raw, exc) from exc
         except BaseException:  # cancelled
@@ -568,7 +662,7 @@ class AsyncReconnectingCursor:
         raw = self._connection._raw  # the hot path of _fetch_method, spelled out
         if self._named or raw is None or raw is not self._raw_connection:
             return self._fetchone()
-        return self._raw_cursor.fetchone()
+        return self._raw_cursor.fetchone()  # type: ignore[union-attr]
 
     fetchmany = _fetch_method("fetchmany", "Return the next ``size`` rows.")
     fetchall = _fetch_method("fetchall", "Return the remaining rows.")
@@ -578,35 +672,18 @@ class AsyncReconnectingCursor:
     def __aiter__(self) -> AsyncReconnectingCursor:
         return self
 
-    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Yield the rows of a query as the server sends them."""
-        connection = self._connection
-        raw = await connection._connection()
-        rows = self._cursor_on(raw).stream(*args, **kwargs)
-        try:
-            while True:
-                try:
-                    row = await rows.__anext__()
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:
-                    if connection._closed or not is_disconnection(exc, raw):
-                        raise
-                    raise await connection._lost(raw, exc) from exc
-                except BaseException:
-                    connection._interrupted(raw, "stream")
-                    raise
-                yield row
-        finally:
-            await rows.aclose()
+        return self._connection._iterate(
+            lambda raw: self._cursor_on(raw).stream(*args, **kwargs), "stream()"
+        )
 
     async def close(self) -> None:
         """Close the cursor; the server connection stays open."""
-        self._closed = True
+        self._closed, self._kept = True, False
         raw_cursor, self._raw_cursor = self._raw_cursor, None
         self._raw_connection = None
-        if raw_cursor is not None:
-            await _close_quietly(raw_cursor)
+        await _close_quietly(raw_cursor)
 
     async def __aenter__(self) -> AsyncReconnectingCursor:
         return self
@@ -618,12 +695,20 @@ class AsyncReconnectingCursor:
         if name.startswith("__"):
             raise AttributeError(name)
         raw_cursor = self._raw_cursor
-        if raw_cursor is None:
-            raw_cursor = self._cursor_on(self._connection._current())
+        if raw_cursor is None:  # nothing run yet: a driver cursor to ask
+            connection = self._connection
+            raw = connection._raw or connection._last_raw
+            if raw is None:
+                connection.__getattr__(name)  # raises: not connected yet
+            raw_cursor = self._cursor_on(raw)
         value = getattr(raw_cursor, name)
-        if callable(value):
-            raise _not_wrapped(self, name)
-        return value  # description, rowcount, statusmessage, ...
+        if getattr(value, "__self__", None) is not raw_cursor:
+            return value  # description, rowcount, statusmessage, ...
+        if name in _REFUSED:
+            return _refusal(self._raw_connection, name)
+        if not inspect.iscoroutinefunction(value):
+            return value  # nextset(), setinputsizes(): no round trip
+        return lambda *args, **kwargs: self._run(name, args, kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
@@ -707,24 +792,34 @@ async def attempts(
 # -- helpers -----------------------------------------------------------------
 
 
-async def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
+async def _query_row(raw: Any, query: str) -> Any:
+    """Run one of our own queries: rows as tuples, whatever the caller set."""
+    cursor = raw.cursor(row_factory=_tuple_row)
+    try:
+        await cursor.execute(query)
+        return await cursor.fetchone()
+    finally:
+        await cursor.close()
+
+
+async def _transaction_status(
+    raw: Any, transaction_id: str, server: tuple[Any, ...]
+) -> str:
     """Ask the server what became of a transaction, by the sync module's rules."""
     questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = raw.cursor()
     try:
         question = next(questions)
         while True:
             try:
-                await cursor.execute(*question)
-                answer = await cursor.fetchone()
+                answer = await _query_row(raw, question)
             except Exception as error:
                 question = questions.throw(error)
             else:
                 question = questions.send(answer)
     except StopIteration as end:
-        return end.value
+        status: str = end.value
+        return status
     finally:
-        await cursor.close()
         await raw.rollback()
 
 

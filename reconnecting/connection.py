@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
 from types import TracebackType
@@ -260,22 +261,230 @@ def _already_disconnected() -> Retry:
     return Retry((DisconnectedConnectionError, error, None))
 
 
+def _is_outage(exc: BaseException, raw: Any) -> bool:
+    """A disconnection, or a server session that is not the one we had."""
+    if is_disconnection(exc, raw):
+        return True
+    # psycopg 3 prepares frequent statements itself, as "_pg3_0", "_pg3_1"...
+    # Being told that one of them does not exist (26000) means the session
+    # under the connection changed, as when a pooler in transaction mode
+    # hands us another server connection: the driver's cache is wrong and
+    # only a new connection empties it.
+    return getattr(exc, "sqlstate", None) == "26000" and '"_pg3_' in str(exc)
+
+
+def _is_psycopg3(raw: Any) -> bool:
+    return hasattr(raw, "pgconn")
+
+
+# Calls that would hand out a driver object talking to the server outside
+# the contract, and what to use instead.
+_REFUSED = {
+    "transaction": "use commit() and rollback(), or a `with` block on the "
+    "connection, which raise Retry and resolve commits",
+    "pipeline": "use executemany(), which psycopg pipelines by itself",
+    "copy": "use executemany(), or a driver connection of your own for COPY",
+    "lobject": "use the server's lo_* functions through execute()",
+}
+# The settings that each session method sets; see _session_values().
+_SESSION_METHODS = frozenset(
+    {
+        "set_session",
+        "set_isolation_level",
+        "set_autocommit",
+        "set_read_only",
+        "set_deferrable",
+    }
+)
+_SET_SESSION_ARGS = ("isolation_level", "readonly", "deferrable", "autocommit")
+
+
+def _session_values(
+    raw: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The attribute values a call of session method ``name`` stands for."""
+    if name == "set_session":  # psycopg2: None leaves a setting unchanged
+        given = dict(zip(_SET_SESSION_ARGS, args, strict=False)) | kwargs
+        return {key: value for key, value in given.items() if value is not None}
+    (value,) = args or tuple(kwargs.values())
+    if name == "set_isolation_level" and not _is_psycopg3(raw):
+        # psycopg2: level 0 is autocommit; any other level ends autocommit.
+        if value == 0:
+            return {"autocommit": True}
+        return {"autocommit": False, "isolation_level": value}
+    return {name[len("set_") :]: value}
+
+
+def _refusal(raw: Any, name: str) -> Callable[..., Any]:
+    error_class = getattr(raw, "NotSupportedError", NotImplementedError)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        message = f"{name}() would bypass reconnecting: {_REFUSED[name]}"
+        raise error_class(message)
+
+    return refuse
+
+
+def _server_method(name: str, doc: str) -> Callable[..., Any]:
+    """Make a cursor method that calls the driver cursor's method ``name``."""
+
+    def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
+        # The hot path, kept short: one check, then straight to the driver.
+        connection = self._connection
+        raw = connection._raw  # None while disconnected or closed
+        if raw is None or raw is not self._raw_connection:
+            return self._run(name, *args, **kwargs)  # (re)connect, new cursor
+        raw_cursor = self._raw_cursor
+        try:
+            result = getattr(raw_cursor, name)(*args, **kwargs)
+        except Exception as exc:
+            if connection._closed or not _is_outage(exc, raw):
+                raise
+            raise connection._lost(raw, exc) from exc
+        # psycopg 3's execute() returns its cursor: return ours instead.
+        return self if result is raw_cursor else result
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
+_FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
+
+
+class ReconnectingCursor:
+    """A cursor of a :class:`ReconnectingConnection`.
+
+    It remembers the arguments it was made with and makes the driver cursor
+    again on each new server connection, so the same cursor object keeps
+    working after ``rollback()``.  Methods that talk to the server raise
+    :class:`Retry` when the server connection is lost.
+    """
+
+    def __init__(
+        self,
+        connection: ReconnectingConnection,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._connection = connection
+        self._args = args
+        self._kwargs = kwargs
+        self._raw_connection: Any | None = None
+        self._raw_cursor: Any | None = None
+        self._settings: dict[str, Any] = {}
+        self._kept: _KeptResult | None = None
+        self._closed = False
+
+    @property
+    def connection(self) -> ReconnectingConnection:
+        """The :class:`ReconnectingConnection` this cursor belongs to."""
+        return self._connection
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = "closed" if self._closed else "open"
+        return f"<{name} {state} at {id(self):#x}>"
+
+    def _cursor_on(self, raw: Any) -> Any:
+        if self._closed:
+            raise self._connection._closed_error("cursor")
+        if self._raw_connection is not raw:
+            raw_cursor = raw.cursor(*self._args, **self._kwargs)
+            for name, value in self._settings.items():
+                setattr(raw_cursor, name, value)
+            self._raw_cursor, self._raw_connection = raw_cursor, raw
+        return self._raw_cursor
+
+    def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        kept = self._kept
+        if kept is not None:
+            if name in _FETCHES:
+                return getattr(kept, name)(*args, **kwargs)
+            self._kept = None  # a new statement: the kept result is over
+        result = self._connection._call(
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+        )
+        return self if result is self._raw_cursor and result is not None else result
+
+    execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
+    executemany = _server_method("executemany", "Run a query for each parameter set.")
+    callproc = _server_method("callproc", "Call a stored procedure.")
+    fetchone = _server_method("fetchone", "Return the next row, or ``None``.")
+    fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
+    fetchall = _server_method("fetchall", "Return the remaining rows.")
+    __next__ = _server_method("__next__", "Return the next row.")
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def close(self) -> None:
+        """Close the cursor; the server connection stays open."""
+        self._closed = True
+        self._kept = None
+        raw_cursor, self._raw_cursor = self._raw_cursor, None
+        self._raw_connection = None
+        if raw_cursor is not None:
+            _close_quietly(raw_cursor)
+
+    def __enter__(self) -> ReconnectingCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if self._kept is not None and name in _KeptResult.ATTRIBUTES:
+            return getattr(self._kept, name)
+        connection = self._connection
+        value = connection._call(lambda raw: getattr(self._cursor_on(raw), name))
+        if getattr(value, "__self__", None) is not self._raw_cursor:
+            return value  # data, classes, row factories: as they are
+        if name in _REFUSED:
+            return _refusal(self._raw_connection, name)
+        if name == "stream":  # psycopg 3: rows as they arrive
+
+            def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                return connection._iterate(
+                    lambda raw: self._cursor_on(raw).stream(*args, **kwargs)
+                )
+
+            return stream
+
+        def call_on_current_cursor(*args: Any, **kwargs: Any) -> Any:
+            return self._run(name, *args, **kwargs)
+
+        return call_on_current_cursor
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            # arraysize, itersize, ...: set now and on every new driver cursor.
+            self._connection._call(
+                lambda raw: setattr(self._cursor_on(raw), name, value)
+            )
+            self._settings[name] = value
+
+
 class ReconnectingConnection:
     """A DB-API connection that reconnects after ``rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
-    connection is needed, first on first use.  Session settings made through
-    this object (``autocommit``, ``isolation_level``, ``readonly``,
-    ``deferrable``, ``set_session()``, ``set_isolation_level()``) are
-    remembered and applied to every new server connection.
+    connection is needed, first on first use.  Settings made through this
+    object (``autocommit``, ``isolation_level``, read-only and deferrable
+    modes by attribute or by the driver's ``set_*()`` methods, and
+    attributes such as ``row_factory``, ``cursor_factory`` or
+    ``prepare_threshold``) are remembered, one value per setting, and
+    applied to every new server connection.
 
     With ``resolve_commit=True``, a ``commit()`` whose connection breaks
     before its reply arrives asks the server, over a new connection, what
     became of the transaction, for up to ``resolve_timeout`` seconds: see
     :meth:`commit`.
     """
-
-    _SESSION_METHODS = frozenset({"set_session", "set_isolation_level"})
 
     def __init__(
         self,
@@ -287,12 +496,14 @@ class ReconnectingConnection:
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
-        self._server: tuple | None = None  # (raw connection, its server)
-        self._raw: Any | None = None
+        self._raw: Any | None = None  # None unless connected
         self._last_raw: Any | None = None
         self._disconnected = False
         self._closed = False
-        self._session: dict[str, tuple[str, tuple, dict]] = {}
+        self._settings: dict[str, Any] = {}
+        self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
+        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
+        self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -336,26 +547,40 @@ class ReconnectingConnection:
     def _connection(self) -> Any:
         """Return the current server connection, making one if needed."""
         raw = self._raw
-        if raw is not None and not self._disconnected:
+        if raw is not None:
             return raw
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
                 raise _already_disconnected()
-            if self._raw is None:
-                self._raw = self._connect()
-            return self._raw
+            if self._raw is not None:
+                return self._raw
+        # Connect outside the lock, so that close() never waits for it.
+        raw = self._connect()
+        with self._lock:
+            if self._raw is None and not self._disconnected and not self._closed:
+                self._install(raw)
+                return raw
+            current, closed = self._raw, self._closed
+        _close_quietly(raw)  # closed meanwhile, or another thread was faster
+        if closed:
+            raise self._closed_error()
+        return current if current is not None else self._connection()
+
+    def _install(self, raw: Any) -> None:
+        """Make ``raw`` the current server connection (the lock is held)."""
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._raw, self._last_raw, self._disconnected = raw, raw, False
 
     def _open(self) -> Any:
-        """Make a server connection with the remembered session settings."""
+        """Make a server connection with the remembered settings."""
         raw = self._factory()
         try:
-            for kind, name, args, kwargs in self._session.values():
-                if kind == "attr":
-                    setattr(raw, name, args[0])
-                else:
-                    getattr(raw, name)(*args, **kwargs)
+            for name, value in list(self._settings.items()):
+                setattr(raw, name, value)
         except BaseException:
             _close_quietly(raw)
             raise
@@ -363,30 +588,28 @@ class ReconnectingConnection:
 
     def _connect(self) -> Any:
         try:
-            raw = self._open()
+            return self._open()
         except Exception as exc:
             if not is_disconnection(exc, None):
                 raise
-            self._disconnected = True
-            self._disconnects += 1
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error() from exc
+                self._disconnected = True
+                self._disconnects += 1
             log.warning("Could not reconnect to the database: %s", _describe(exc))
-            raise Retry(sys.exc_info()) from exc
-        if self._last_raw is not None:
-            self._reconnects += 1
-            log.info("Reconnected to the database")
-        self._last_raw = raw
-        return raw
+            raise Retry((type(exc), exc, exc.__traceback__)) from exc
 
     def _lost(self, raw: Any, exc: Exception) -> Retry:
         """Enter the disconnected state if ``raw`` is still the current one."""
         with self._lock:
-            if self._raw is raw and not self._disconnected:
+            if self._raw is raw:
                 self._raw = None
                 self._disconnected = True
                 self._disconnects += 1
                 log.warning("Database connection lost: %s", _describe(exc))
                 _close_quietly(raw)
-        return Retry(sys.exc_info())
+        return Retry((type(exc), exc, exc.__traceback__))
 
     def _call(self, function: Callable[[Any], Any]) -> Any:
         """Run ``function(raw_connection)``, turning disconnections into Retry."""
@@ -394,7 +617,17 @@ class ReconnectingConnection:
         try:
             return function(raw)
         except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
+                raise
+            raise self._lost(raw, exc) from exc
+
+    def _iterate(self, start: Callable[[Any], Iterator[Any]]) -> Iterator[Any]:
+        """Yield from the driver iterator ``start(raw_connection)``, with Retry."""
+        raw = self._connection()
+        try:
+            yield from start(raw)
+        except Exception as exc:
+            if self._closed or not _is_outage(exc, raw):
                 raise
             raise self._lost(raw, exc) from exc
 
@@ -404,89 +637,9 @@ class ReconnectingConnection:
         """Return a cursor that follows this connection across reconnects."""
         if self._closed:
             raise self._closed_error()
-        return ReconnectingCursor(self, args, kwargs)
-
-    def commit(self) -> None:
-        """Commit; raises :class:`Retry` if the server connection is lost.
-
-        With ``resolve_commit``, a commit interrupted after the transaction
-        wrote something is resolved instead: if the server committed it,
-        ``commit()`` returns normally over the new connection; if it rolled
-        it back, ``Retry`` is raised; if nobody can tell in time,
-        :class:`CommitOutcomeUnknown`.
-        """
-        if self._raw is None and not self._disconnected and not self._closed:
-            return  # nothing was done, so there is nothing to commit
-        if not self._resolve_commit:
-            return self._call(lambda raw: raw.commit())
-        raw = self._connection()
-        written = None
-        try:
-            written = self._transaction_id(raw)
-            raw.commit()
-        except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
-                raise
-            retry = self._lost(raw, exc)
-            if written is None:
-                raise retry from exc  # nothing was written: safe to redo
-            self._resolve(*written, retry, exc)
-
-    def _transaction_id(self, raw: Any) -> tuple[str, tuple] | None:
-        """Return the open transaction's id and server, if it wrote anything."""
-        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
-        if raw.info.transaction_status in (0, 3):
-            return None
-        # The server's identity is asked once per server connection, with
-        # the first id: reading it (pg_control_system) costs a file read.
-        known = self._server
-        ask_server = known is None or known[0] is not raw
-        cursor = raw.cursor()
-        try:
-            cursor.execute(_id_query(raw.info.server_version, ask_server))
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        if ask_server:
-            self._server = known = (raw, row[1:])
-        return None if row[0] is None else (row[0], known[1])
-
-    def _resolve(
-        self, transaction_id: str, server: tuple, retry: Retry, exc: Exception
-    ) -> None:
-        """Find out what became of an interrupted commit; see :meth:`commit`."""
-        deadline = time.monotonic() + self._resolve_timeout
-        pause = 0.01
-        raw, status = None, "unreachable"
-        while time.monotonic() < deadline:
-            try:
-                raw = raw or self._open()
-                status = _transaction_status(raw, transaction_id, server)
-            except Exception as error:
-                if not is_disconnection(error, raw):
-                    status = f"status query failed ({_describe(error)})"
-                    break
-                _close_quietly(raw)
-                raw, status = None, "unreachable"
-            if status != "in progress" and status != "unreachable":
-                break
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.5)
-        if status == "committed":
-            with self._lock:
-                if self._disconnected and self._raw is None and not self._closed:
-                    self._raw, self._disconnected = raw, False
-                    self._reconnects += 1
-                    raw = None
-            _close_quietly(raw)
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
-        _close_quietly(raw)
-        if status == "aborted":
-            log.info("Transaction %s was rolled back; retrying", transaction_id)
-            raise retry from exc
-        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
-        raise CommitOutcomeUnknown(transaction_id, status) from exc
+        cursor = ReconnectingCursor(self, args, kwargs)
+        self._cursors.add(cursor)
+        return cursor
 
     def rollback(self) -> None:
         """Roll back, and leave the disconnected state.
@@ -506,172 +659,381 @@ class ReconnectingConnection:
         try:
             raw.rollback()
         except Exception as exc:
-            if self._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
                 raise
             self._lost(raw, exc)
             with self._lock:
                 self._disconnected = False
 
     def close(self) -> None:
-        """Close for good; later use raises the driver's ``InterfaceError``."""
+        """Close for good; later use raises the driver's ``InterfaceError``.
+
+        It does not wait for a reconnect in progress in another thread;
+        the connection such a reconnect makes is closed when it arrives.
+        """
         with self._lock:
             self._closed = True
             raw, self._raw = self._raw, None
         if raw is not None:
             _close_quietly(raw)
 
+    def __enter__(self) -> ReconnectingConnection:
+        self._connection()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """End the transaction as the driver's ``with`` block does.
+
+        Commit, or roll back after an exception; psycopg 3 then also closes
+        the connection, psycopg2 keeps it open.
+        """
+        closing = _is_psycopg3(self._last_raw)
+        try:
+            if self._closed:
+                return
+            if exc_type is None:
+                self.commit()
+                return
+            try:
+                self.rollback()
+            except Exception as error:  # keep the block's own exception
+                log.warning("Rollback at the end of a block failed: %s", error)
+        finally:
+            if closing:
+                self.close()
+
     # -- everything else goes to the driver connection -------------------------
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        value = self._call(lambda raw: getattr(raw, name))
-        if not callable(value):
-            return value
+        raw = self._raw
+        if raw is None:
+            if name in self._settings:
+                return self._settings[name]  # remembered: no server needed
+            raw = self._last_raw
+            if raw is None:
+                raw = self._connection()  # first use
+            try:
+                # The last server connection still knows its plain attributes.
+                return self._expose(raw, name, getattr(raw, name))
+            except AttributeError:
+                raise
+            except Exception as exc:
+                raise _already_disconnected() from exc
+        return self._expose(raw, name, self._call(lambda raw: getattr(raw, name)))
 
-        def call_on_current_connection(*args: Any, **kwargs: Any) -> Any:
-            if name in self._SESSION_METHODS:
-                return self._set_session(name, "call", name, args, kwargs)
-            return self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
-
-        return call_on_current_connection
+    def _expose(self, raw: Any, name: str, value: Any) -> Any:
+        """Return ``value``, read from ``raw``; its methods run on the current
+        server connection, with the contract."""
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data, classes (db.Error), row and cursor factories
+        if name in _REFUSED:
+            return _refusal(raw, name)
+        if name in _SESSION_METHODS:
+            return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
+        if name == "execute":  # psycopg 3: a cursor of ours, not the driver's
+            return lambda *args, **kwargs: self.cursor().execute(*args, **kwargs)
+        if name == "notifies":  # psycopg 3: a generator talking to the server
+            return lambda *args, **kwargs: self._iterate(
+                lambda raw: raw.notifies(*args, **kwargs)
+            )
+        return lambda *args, **kwargs: self._call(
+            lambda raw: getattr(raw, name)(*args, **kwargs)
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
             object.__setattr__(self, name, value)
-        else:
-            self._set_session(name, "attr", name, (value,), {})
-
-    def _set_session(
-        self, key: str, kind: str, name: str, args: tuple, kwargs: dict
-    ) -> Any:
-        """Apply a session setting now if connected, and on every reconnect."""
-        with self._lock:
-            raw = self._raw if not self._disconnected else None
-        result = None
+            return
+        raw = self._raw
+        if raw is None:
+            if self._closed:
+                raise self._closed_error()
+            if self._last_raw is None:
+                raw = self._connection()  # first use: the driver must check it
         if raw is not None:
-            if kind == "attr":
-                self._call(lambda raw: setattr(raw, name, args[0]))
-            else:
-                result = self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
-        elif self._closed:
-            raise self._closed_error()
-        self._session[key] = (kind, name, args, kwargs)
-        return result
-
-
-def _server_method(name: str, doc: str) -> Callable[..., Any]:
-    """Make a cursor method that calls the driver cursor's method ``name``."""
-
-    def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        # The hot path, kept short: one check, then straight to the driver.
-        connection = self._connection
-        raw = connection._raw  # None while disconnected or closed
-        if raw is None or raw is not self._raw_connection:
-            return self._run(name, *args, **kwargs)  # (re)connect, new cursor
+            _check_setting(raw, name)
+            self._call(lambda raw: setattr(raw, name, value))
+            self._settings[name] = getattr(raw, name)  # as the driver reads it
+            return
+        raw = self._last_raw
+        _check_setting(raw, name)
         try:
-            return getattr(self._raw_cursor, name)(*args, **kwargs)
+            setattr(raw, name, value)  # a closed connection still says no
+        except AttributeError:
+            raise
+        except Exception:
+            pass
+        self._settings[name] = value
+
+    def _set_by_call(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """A session method: call it if connected, and remember its settings."""
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            raw = self._raw
+        if raw is None:
+            values = _session_values(self._last_raw, name, args, kwargs)
+            self._settings.update(values)
+            return
+        self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
+        for setting in _session_values(raw, name, args, kwargs):
+            self._settings[setting] = getattr(raw, setting)
+
+    # -- commit, and finding out what became of an interrupted one ------------
+
+    def commit(self) -> None:
+        """Commit; raises :class:`Retry` if the server connection is lost.
+
+        With ``resolve_commit``, a commit interrupted after the transaction
+        wrote something is resolved instead: if the server committed it,
+        ``commit()`` returns normally over the new connection, and results
+        already received stay readable; if it rolled it back, ``Retry`` is
+        raised; if nobody can tell in time, :class:`CommitOutcomeUnknown`.
+        The answer comes within ``resolve_timeout`` seconds plus the time
+        one connection and question take (estimated from the round trip
+        measured just before ``COMMIT``), and the server is asked at least
+        once.
+        """
+        if self._raw is None and not self._disconnected and not self._closed:
+            return  # nothing was done, so there is nothing to commit
+        if not self._resolve_commit:
+            self._call(_commit)
+            return
+        raw = self._connection()
+        written, kept = None, []
+        try:
+            written = self._transaction_id(raw)
+            if written is not None:
+                kept = _keep_results(self._cursors, raw)
+            raw.commit()
         except Exception as exc:
-            if connection._closed or not is_disconnection(exc, raw):
+            if self._closed or not _is_outage(exc, raw):
                 raise
-            raise connection._lost(raw, exc) from exc
+            retry = self._lost(raw, exc)
+            if written is None:
+                raise retry from exc  # nothing was written: safe to redo
+            self._resolve(*written, retry, exc)
+            for cursor, result in kept:
+                cursor._kept = result
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc
-    return method
+    def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
+        """Return the open transaction's id and server, if it wrote anything."""
+        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+        if raw.info.transaction_status in (0, 3):
+            return None
+        # The server's identity is asked once per server connection, with
+        # the first id: reading it (pg_control_system) costs a file read.
+        known = self._server
+        ask_server = known is None or known[0] is not raw
+        started = time.monotonic()
+        row = _query_row(raw, _id_query(raw.info.server_version, ask_server))
+        self._round_trip = time.monotonic() - started
+        if ask_server or known is None:
+            known = self._server = (raw, tuple(row[1:]))
+        return None if row[0] is None else (row[0], known[1])
+
+    def _resolve(
+        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
+    ) -> None:
+        """Find out what became of an interrupted commit; see :meth:`commit`."""
+        deadline = time.monotonic() + self._resolve_timeout
+        asking = _Asking(self._open, transaction_id, server, deadline)
+        # The last question asked before the deadline may still be on its way.
+        grace = _CONNECT_GRACE + 10 * self._round_trip
+        status, raw = asking.answer(deadline + grace)
+        if status == "committed":
+            with self._lock:
+                if self._disconnected and self._raw is None and not self._closed:
+                    self._install(raw)
+                    raw = None
+            if raw is not None:
+                _close_quietly(raw)
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
+        if raw is not None:
+            _close_quietly(raw)
+        if status == "aborted":
+            log.info("Transaction %s was rolled back; retrying", transaction_id)
+            raise retry from exc
+        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
+        raise CommitOutcomeUnknown(transaction_id, status) from exc
 
 
-class ReconnectingCursor:
-    """A cursor of a :class:`ReconnectingConnection`.
+def _commit(raw: Any) -> None:
+    raw.commit()
 
-    It remembers the arguments it was made with and makes the driver cursor
-    again on each new server connection, so the same cursor object keeps
-    working after ``rollback()``.  Methods that talk to the server raise
-    :class:`Retry` when the server connection is lost.
+
+def _check_setting(raw: Any, name: str) -> None:
+    """Refuse a name that is not a setting of the driver's connection."""
+    # psycopg 3 connections take any attribute; their settings are
+    # properties or attributes of their own.
+    if hasattr(getattr(type(raw), name, None), "__set__"):
+        return
+    if name in getattr(raw, "__dict__", ()):
+        return
+    kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
+    raise AttributeError(f"'{kind}' object has no setting {name!r}")
+
+
+def _query_row(raw: Any, query: str) -> Any:
+    """Run one of our own queries: rows as tuples, whatever the caller set."""
+    if _is_psycopg3(raw):
+        cursor = raw.cursor(row_factory=_tuple_row)
+    else:
+        extensions = sys.modules.get("psycopg2.extensions")
+        base = getattr(extensions, "cursor", None)
+        cursor = raw.cursor() if base is None else raw.cursor(cursor_factory=base)
+    try:
+        cursor.execute(query)  # no parameters: any cursor class can run it
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
+def _tuple_row(cursor: Any) -> Callable[[Any], tuple[Any, ...]]:
+    return tuple  # a psycopg 3 row factory: rows as plain tuples
+
+
+class _KeptResult:
+    """The rest of a cursor's result, kept for after a resolved commit."""
+
+    ATTRIBUTES = frozenset({"description", "rowcount", "rownumber", "statusmessage"})
+
+    def __init__(self, raw_cursor: Any) -> None:
+        self.description = raw_cursor.description
+        self.rowcount = raw_cursor.rowcount
+        self.rownumber = raw_cursor.rownumber
+        self.statusmessage = getattr(raw_cursor, "statusmessage", None)
+        self.arraysize = raw_cursor.arraysize
+        self._error_class = raw_cursor.connection.ProgrammingError
+        self._rows: list[Any] | None = None
+        if self.description is not None:
+            self._rows = raw_cursor.fetchall()
+            # Leave the driver cursor where the caller left it, in case the
+            # commit goes through after all.
+            if self.rownumber is not None:
+                raw_cursor.scroll(self.rownumber, mode="absolute")
+
+    def _take(self, count: int) -> list[Any]:
+        if self._rows is None:
+            raise self._error_class("no results to fetch")
+        rows, self._rows[:count] = self._rows[:count], []
+        self.rownumber = (self.rownumber or 0) + len(rows)
+        return rows
+
+    def fetchone(self) -> Any:
+        rows = self._take(1)
+        return rows[0] if rows else None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._take(self.arraysize if size is None else size)
+
+    def fetchall(self) -> list[Any]:
+        return self._take(len(self._rows or ()))
+
+    def __next__(self) -> Any:
+        rows = self._take(1)
+        if not rows:
+            raise StopIteration
+        return rows[0]
+
+
+def _keep_results(
+    cursors: weakref.WeakSet[ReconnectingCursor], raw: Any
+) -> list[tuple[ReconnectingCursor, _KeptResult]]:
+    """Read the results of ``raw``'s cursors before a COMMIT that may break."""
+    kept = []
+    for cursor in list(cursors):
+        raw_cursor = cursor._raw_cursor
+        if cursor._raw_connection is not raw or raw_cursor is None:
+            continue
+        if getattr(raw_cursor, "name", None) is not None:
+            continue  # a server-side cursor ends with its transaction anyway
+        if raw_cursor.description is not None or raw_cursor.rowcount != -1:
+            kept.append((cursor, _KeptResult(raw_cursor)))
+    return kept
+
+
+# A new connection and one question take a few round trips and a server
+# process start; _resolve() waits this much plus ten measured round trips
+# after the deadline for the question asked last.
+_CONNECT_GRACE = 0.05
+
+
+class _Asking:
+    """Asks the server what became of a transaction, in a thread of its own.
+
+    The factory may block for as long as the network lets it; the caller
+    waits only until its deadline, and a connection that arrives after
+    the caller stopped waiting is closed.
     """
 
     def __init__(
-        self, connection: ReconnectingConnection, args: tuple, kwargs: dict
+        self,
+        connect: Callable[[], Any],
+        transaction_id: str,
+        server: tuple[Any, ...],
+        deadline: float,
     ) -> None:
-        self._connection = connection
-        self._args = args
-        self._kwargs = kwargs
-        self._raw_connection: Any | None = None
-        self._raw_cursor: Any | None = None
-        self._settings: dict[str, Any] = {}
-        self._closed = False
-
-    @property
-    def connection(self) -> ReconnectingConnection:
-        """The :class:`ReconnectingConnection` this cursor belongs to."""
-        return self._connection
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        state = "closed" if self._closed else "open"
-        return f"<{name} {state} at {id(self):#x}>"
-
-    def _cursor_on(self, raw: Any) -> Any:
-        if self._closed:
-            raise self._connection._closed_error("cursor")
-        if self._raw_connection is not raw:
-            raw_cursor = raw.cursor(*self._args, **self._kwargs)
-            for name, value in self._settings.items():
-                setattr(raw_cursor, name, value)
-            self._raw_cursor, self._raw_connection = raw_cursor, raw
-        return self._raw_cursor
-
-    def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._connection._call(
-            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self._status, self._raw = "unreachable", None
+        thread = threading.Thread(
+            target=self._ask,
+            args=(connect, transaction_id, server, deadline),
+            name="reconnecting: resolving a commit",
+            daemon=True,
         )
+        thread.start()
 
-    execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
-    executemany = _server_method("executemany", "Run a query for each parameter set.")
-    callproc = _server_method("callproc", "Call a stored procedure.")
-    fetchone = _server_method("fetchone", "Return the next row, or ``None``.")
-    fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
-    fetchall = _server_method("fetchall", "Return the remaining rows.")
-    __next__ = _server_method("__next__", "Return the next row.")
+    def _ask(
+        self,
+        connect: Callable[[], Any],
+        transaction_id: str,
+        server: tuple[Any, ...],
+        deadline: float,
+    ) -> None:
+        raw, pause = None, 0.01
+        while True:  # at least once, then until an answer or the deadline
+            try:
+                raw = raw or connect()
+                status = _transaction_status(raw, transaction_id, server)
+            except Exception as error:
+                if not _is_outage(error, raw):
+                    status = f"status query failed ({_describe(error)})"
+                    break
+                if raw is not None:
+                    _close_quietly(raw)
+                raw, status = None, "unreachable"
+            left = deadline - time.monotonic()
+            if status not in ("in progress", "unreachable") or left <= 0:
+                break
+            if self._abandoned:
+                break
+            time.sleep(min(pause, left))  # back off between questions
+            pause = min(pause * 2, 0.5)
+        with self._lock:
+            self._status = status
+            if self._abandoned:
+                if raw is not None:
+                    _close_quietly(raw)
+            else:
+                self._raw = raw
+            self._done.set()
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def close(self) -> None:
-        """Close the cursor; the server connection stays open."""
-        self._closed = True
-        raw_cursor, self._raw_cursor = self._raw_cursor, None
-        self._raw_connection = None
-        if raw_cursor is not None:
-            _close_quietly(raw_cursor)
-
-    def __enter__(self) -> ReconnectingCursor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = self._connection._call(lambda raw: getattr(self._cursor_on(raw), name))
-        if not callable(value):
-            return value
-
-        def call_on_current_cursor(*args: Any, **kwargs: Any) -> Any:
-            return self._run(name, *args, **kwargs)
-
-        return call_on_current_cursor
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            # arraysize, itersize, ...: set now and on every new driver cursor.
-            self._connection._call(
-                lambda raw: setattr(self._cursor_on(raw), name, value)
-            )
-            self._settings[name] = value
+    def answer(self, until: float) -> tuple[str, Any]:
+        """The status and the connection that got it, or no answer in time."""
+        self._done.wait(max(0.0, until - time.monotonic()))
+        with self._lock:
+            if not self._done.is_set():
+                self._abandoned = True
+                return "no answer in time", None
+            return self._status, self._raw
 
 
 # Which server assigned a transaction id, and since when: an id means
@@ -694,29 +1056,30 @@ def _id_query(server_version: int, ask_server: bool) -> str:
 
 
 def _status_questions(
-    server_version: int, transaction_id: str, server: tuple
-) -> Generator[tuple, Any, str]:
-    """The rules for what became of a transaction, as questions to the server.
+    server_version: int, transaction_id: str, server: tuple[Any, ...]
+) -> Generator[str, Any, str]:
+    """The rules for what became of a transaction, as questions.
 
-    Yields ``(query, params)``, is sent the first row of each answer (or
-    thrown its error), and returns 'committed', 'aborted', 'in progress',
-    or why the server cannot tell; the sync and the async connection ask
-    alike.
+    Yields queries, is sent the first row of each answer (or thrown its
+    error), and returns 'committed', 'aborted', 'in progress', or why the
+    server cannot tell; the sync and the asyncio connection ask alike.
     """
-    now = yield f"SELECT {_SERVER}", ()
+    if not transaction_id.isdigit():
+        return "not a transaction id"  # it is put in the query as it is
+    if server_version >= 130000:
+        query = f"SELECT pg_xact_status('{transaction_id}'::xid8)"
+    else:
+        query = f"SELECT txid_status({transaction_id})"
+    now = yield f"SELECT {_SERVER}"
     if now[0] != server[0]:
         return "reconnected to another cluster, which cannot tell"
-    if server_version >= 130000:
-        query = "SELECT pg_xact_status(%s::xid8)"
-    else:
-        query = "SELECT txid_status(%s::bigint)"
     try:
-        (status,) = yield query, (transaction_id,)
+        status: str | None = (yield query)[0]
     except Exception as error:
         if _sqlstate(error) != "22023":
             raise
-        # "transaction ID ... is in the future": after a crash, the server
-        # never logged it, so it never committed.
+        # "transaction ID ... is in the future": after a crash, the
+        # server never logged it, so it never committed.
         status = "aborted"
     if status is None:
         return "the server no longer knows it"
@@ -731,24 +1094,22 @@ def _status_questions(
     return status
 
 
-def _transaction_status(raw: Any, transaction_id: str, server: tuple) -> str:
+def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
     """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
     questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = raw.cursor()
     try:
         question = next(questions)
         while True:
             try:
-                cursor.execute(*question)
-                answer = cursor.fetchone()
+                answer = _query_row(raw, question)
             except Exception as error:
                 question = questions.throw(error)
             else:
                 question = questions.send(answer)
     except StopIteration as end:
-        return end.value
+        status: str = end.value
+        return status
     finally:
-        cursor.close()
         raw.rollback()
 
 

@@ -4,9 +4,11 @@ Real server, real proxy, real transactions; no mocks.
 """
 
 import io
+import os
 import re
 import subprocess
 import sys
+import threading
 from urllib.parse import quote_plus
 
 import psycopg2
@@ -17,15 +19,20 @@ from zope.interface.verify import verifyObject
 from reconnecting import CommitOutcomeUnknown, Retry
 from reconnecting.adapter import (
     ConnectionDataManager,
+    PartialCommitError,
     ReconnectingDatabaseAdapter,
+    TwoPhaseDataManager,
     parse_dsn,
 )
+from reconnecting.datamanager import GID_PREFIX
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
     IZopeCursor,
 )
-from reconnecting.testing import PortForwardTestSetup
+from reconnecting.testing import PortForwardTestSetup, wait_until
+
+DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
 
 
 @pytest.fixture
@@ -222,6 +229,257 @@ def test_other_cursor_methods_join_too(adapter, tm, direct):
     assert direct.fetchall() == [(7,)]
 
 
+# -- several connections in one transaction ------------------------------------
+
+
+@pytest.fixture
+def proxy(pg):
+    with PortForwardTestSetup() as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def pair(pg, tm, proxy, direct):
+    """Make two adapters on the test database: one straight to the server,
+    joined first, and one through the proxy, which votes last."""
+    direct.execute("CREATE TABLE IF NOT EXISTS ledger (source text)")
+    direct.execute("TRUNCATE ledger")
+    made = []
+
+    def make(two_phase=False, last_two_phase=None, **kwargs):
+        last_two_phase = two_phase if last_two_phase is None else last_two_phase
+        for host, port, mode in (
+            (pg.host, pg.port, two_phase),
+            (proxy.host, proxy.port, last_two_phase),
+        ):
+            made.append(
+                ReconnectingDatabaseAdapter(
+                    f"dbi://{pg.user}@{host}:{port}/{pg.dbname}",
+                    transaction_manager=tm,
+                    two_phase=mode,
+                    driver=DRIVER,
+                    **kwargs,
+                )
+            )
+        return made[-2:]
+
+    yield make
+    tm.abort()
+    for adapter in made:
+        adapter.disconnect()
+
+
+def write_both(first, last):
+    first().cursor().execute("INSERT INTO ledger VALUES ('first')")
+    last().cursor().execute("INSERT INTO ledger VALUES ('last')")
+
+
+def ledger(direct):
+    direct.execute("SELECT source, count(*) FROM ledger GROUP BY 1 ORDER BY 1")
+    return dict(direct.fetchall())
+
+
+def prepared(direct):
+    direct.execute("SELECT gid FROM pg_prepared_xacts ORDER BY gid")
+    return [gid for (gid,) in direct.fetchall()]
+
+
+def run(tm, unit_of_work, tries=3):
+    """Run the unit of work under tm.attempts(); return how often it ran."""
+    runs = 0
+    for attempt in tm.attempts(tries):
+        with attempt:
+            runs += 1
+            unit_of_work(runs)
+    return runs
+
+
+def test_one_phase_never_retries_after_a_sibling_committed(pair, tm, proxy, direct):
+    first, last = pair()
+
+    def unit_of_work(runs):
+        write_both(first, last)
+        proxy.drop()  # the last vote finds its connection gone
+
+    with pytest.raises(PartialCommitError) as error:
+        run(tm, unit_of_work)
+    assert ledger(direct) == {"first": 1}  # once, and never redone
+    assert error.value.committed == (first.redacted_dsn,)
+    assert error.value.not_committed == (last.redacted_dsn,)
+    assert "Retry: OperationalError:" in error.value.reason
+    assert not isinstance(error.value, Retry)
+    assert isinstance(error.value.__cause__, Retry)
+    assert str(proxy.port) in str(error.value) and str(pg_port(first)) in str(
+        error.value
+    )
+
+
+def pg_port(adapter):
+    return parse_dsn(adapter.getDSN())["port"]
+
+
+def test_partial_commit_error_is_not_retried_by_any_data_manager(pair, tm):
+    first, last = pair()
+    write_both(first, last)
+    error = PartialCommitError(["a"], ["b"], "Retry: x")
+    assert [dm.should_retry(error) for dm in joined(tm) + joined2(tm)] == [False] * 2
+    assert "committed a; not committed b (Retry: x)" in str(error)
+
+
+def joined2(tm):
+    return [r for r in tm.get()._resources if isinstance(r, TwoPhaseDataManager)]
+
+
+def test_two_phase_retries_an_outage_at_the_last_vote(pair, tm, proxy, direct):
+    first, last = pair(two_phase=True)
+
+    def unit_of_work(runs):
+        write_both(first, last)
+        if runs == 1:
+            proxy.drop()
+
+    assert run(tm, unit_of_work) == 2
+    assert ledger(direct) == {"first": 1, "last": 1}
+    assert prepared(direct) == []
+
+
+@pytest.mark.parametrize("deliver", [True, False])
+def test_two_phase_resolves_a_lost_commit_prepared(pair, tm, proxy, direct, deliver):
+    first, last = pair(two_phase=True)
+
+    def unit_of_work(runs):
+        write_both(first, last)
+        proxy.cut_on_commit(deliver=deliver)
+
+    assert run(tm, unit_of_work) == 1
+    assert proxy.commit_cuts == 1
+    assert ledger(direct) == {"first": 1, "last": 1}
+    assert prepared(direct) == []
+
+
+def test_two_phase_transaction_ids_are_unique_and_recognisable(pair, tm, direct):
+    first, last = pair(two_phase=True)
+    gids = []
+    for _ in range(2):
+        write_both(first, last)
+        txn = tm.get()
+        managers = sorted(joined2(tm), key=lambda dm: dm.sortKey())
+        for dm in managers:
+            dm.tpc_begin(txn)
+            dm.commit(txn)
+            dm.tpc_vote(txn)
+        assert prepared(direct) == sorted(dm.gid for dm in managers)
+        gids += [dm.gid for dm in managers]
+        tm.abort()  # ROLLBACK PREPARED
+        assert prepared(direct) == []
+    assert ledger(direct) == {}
+    name = gids[0][len(GID_PREFIX) :].rsplit(":", 1)[0]
+    assert gids[:2] == [f"{GID_PREFIX}{name}:1", f"{GID_PREFIX}{name}:2"]
+    assert len(set(gids)) == 4 and all(g.startswith(GID_PREFIX) for g in gids)
+    assert len({gid.rsplit(":", 1)[0] for gid in gids}) == 2  # one name per txn
+
+
+def test_two_phase_votes_before_one_phase(pair, tm, proxy, direct):
+    # The one-phase connection votes last, so its failure rolls back what
+    # the other prepared: the unit of work is atomic, and retried.
+    first, last = pair(two_phase=True, last_two_phase=False)
+    write_both(first, last)
+    keys = sorted(dm.sortKey() for dm in tm.get()._resources)
+    assert [
+        type(dm) for dm in sorted(tm.get()._resources, key=lambda d: d.sortKey())
+    ] == [
+        TwoPhaseDataManager,
+        ConnectionDataManager,
+    ] and keys[0] < keys[1]
+    tm.abort()
+
+    def unit_of_work(runs):
+        write_both(first, last)
+        if runs == 1:
+            proxy.drop()
+
+    assert run(tm, unit_of_work) == 2
+    assert ledger(direct) == {"first": 1, "last": 1} and prepared(direct) == []
+
+
+def test_two_phase_unreachable_at_commit_prepared(pair, tm, proxy, direct):
+    first, last = pair(two_phase=True, resolve_timeout=0.2)
+
+    def unit_of_work(runs):
+        write_both(first, last)
+        proxy.cut_on_commit(deliver=False, go_down=True)
+
+    with pytest.raises(CommitOutcomeUnknown, match="stays prepared"):
+        run(tm, unit_of_work)
+    (gid,) = prepared(direct)  # the decision was commit: nobody rolls it back
+    assert gid.startswith(GID_PREFIX) and gid.endswith(":2")
+    assert ledger(direct) == {"first": 1}
+    direct.execute(f"COMMIT PREPARED '{gid}'")
+    assert ledger(direct) == {"first": 1, "last": 1}
+
+
+def test_two_phase_rolled_back_by_somebody_else(pair, tm, proxy, direct):
+    first, last = pair(two_phase=True, resolve_timeout=60)
+    write_both(first, last)
+    proxy.cut_on_commit(deliver=False, go_down=True)
+    outcome = []
+    committer = threading.Thread(target=lambda: outcome.append(commit_or_error(tm)))
+    committer.start()
+    try:
+        wait_until(lambda: proxy.commit_cuts == 1, 10)
+        (gid,) = prepared(direct)
+        direct.execute(f"ROLLBACK PREPARED '{gid}'")
+    finally:
+        proxy.tearDown()
+        proxy.setUp()
+        committer.join(30)
+    (error,) = outcome
+    assert isinstance(error, PartialCommitError), error
+    assert gid in error.reason and "rolled back by somebody else" in error.reason
+    assert error.committed == (first.redacted_dsn,)
+    assert ledger(direct) == {"first": 1}
+
+
+def commit_or_error(tm):
+    try:
+        tm.commit()
+    except Exception as exc:
+        return exc
+
+
+def test_two_phase_abort_rolls_back_later_when_unreachable(pair, tm, proxy, direct):
+    first, last = pair(two_phase=True)
+    write_both(first, last)
+    txn = tm.get()
+    managers = sorted(joined2(tm), key=lambda dm: dm.sortKey())
+    for dm in managers:
+        dm.tpc_begin(txn)
+        dm.tpc_vote(txn)
+    proxy.tearDown()  # the last cannot roll back now
+    tm.abort()
+    assert prepared(direct) == [managers[1].gid]
+    proxy.setUp()
+    last().cursor().execute("SELECT 1")  # first rolls back what was left
+    assert prepared(direct) == [] and ledger(direct) == {}
+
+
+def test_the_driver_is_chosen_by_name(pg, tm):
+    for driver in ("psycopg2", "psycopg"):
+        adapter = ReconnectingDatabaseAdapter(
+            f"dbi://{pg.user}@{pg.host}:{pg.port}/{pg.dbname}",
+            transaction_manager=tm,
+            driver=driver,
+        )
+        cursor = adapter().cursor()
+        cursor.execute("SELECT 1")
+        assert cursor.fetchall() == [[1]]
+        assert type(adapter().connection._raw).__module__.split(".")[0] == driver
+        tm.abort()
+        adapter.disconnect()
+    with pytest.raises(ValueError, match="psycopg2, psycopg"):
+        ReconnectingDatabaseAdapter("dbi://db", driver="sqlite3")
+
+
 # -- DSNs -----------------------------------------------------------------------
 
 
@@ -239,8 +497,25 @@ def test_other_cursor_methods_join_too(adapter, tm, direct):
             "dbi://u:a/b@c@h/db",
             {"user": "u", "password": "a/b@c", "host": "h", "dbname": "db"},
         ),
-        ("dbi://my+db;;a=1;b=x%3By;", {"dbname": "my db", "a": "1", "b": "x;y"}),
+        (
+            "dbi://my+db;;sslmode=1;options=x%3By;",
+            {"dbname": "my db", "sslmode": "1", "options": "x;y"},
+        ),
         ("dbi://db;port=6543", {"dbname": "db", "port": "6543"}),
+        # several hosts, each with its port, or ports as a parameter
+        ("dbi://@h1:1,h2:2/db", {"host": "h1,h2", "port": "1,2", "dbname": "db"}),
+        ("dbi://@h1,h2:2/", {"host": "h1,h2", "port": ",2"}),
+        ("dbi://@h1,h2/;port=1,2", {"host": "h1,h2", "port": "1,2"}),
+        ("dbi://@h1,h2/;port=1", {"host": "h1,h2", "port": "1"}),
+        ("dbi://@[::1]:1,[fe80::1%25lo]/", {"host": "::1,fe80::1%lo", "port": "1,"}),
+        # an IPv6 address in brackets is a host, even without '@'
+        ("dbi://[::1]/db", {"host": "::1", "dbname": "db"}),
+        ("dbi://[::1]:5433/db", {"host": "::1", "port": "5433", "dbname": "db"}),
+        (
+            "dbi://u:p@[::1]/db",
+            {"user": "u", "password": "p", "host": "::1", "dbname": "db"},
+        ),
+        ("dbi://u:%5Bp/db", {"user": "u", "password": "[p", "dbname": "db"}),
     ],
 )
 def test_parse_dsn(dsn, expected):
@@ -260,6 +535,14 @@ def test_parse_dsn(dsn, expected):
         "dbi://@h:0/db",
         "dbi://@h:٣/db",  # a digit, but not an ASCII one
         "dbi://@[::1]x/db",
+        "dbi://@[::1/db",
+        "dbi://@[127.0.0.1]/db",
+        "dbi://@::1/db",
+        "dbi://@h]/db",
+        "dbi://@h1,h2,h3/db;port=1,2",
+        "dbi://@h1:1,h2:x/db",
+        "dbi://db;port=1,2",
+        "dbi://db;sslmod=require",  # not a libpq keyword
     ],
 )
 def test_parse_dsn_rejects(dsn):
@@ -286,8 +569,18 @@ def test_repr_hides_passwords(dsn):
     assert adapter.getDSN() == dsn
 
 
-def test_repr_is_a_dsn_that_parses_the_same(pg):
-    dsn = "dbi://a%40b@%2Ftmp:5432/my+db;application_name=x%3By"
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "dbi://a%40b@%2Ftmp:5432/my+db;application_name=x%3By",
+        "dbi://u@h1:1,h2:2/db",
+        "dbi://u@h1,h2/db;port=5432",
+        "dbi://u@[::1]:5433,h2/db",
+        "dbi://[::1]/db",
+        "dbi://db;port=5432",
+    ],
+)
+def test_repr_is_a_dsn_that_parses_the_same(dsn):
     shown = repr(ReconnectingDatabaseAdapter(dsn)).split(" ", 1)[1][:-1]
     assert parse_dsn(shown) == parse_dsn(dsn)
 
@@ -299,6 +592,14 @@ def test_repr_is_a_dsn_that_parses_the_same(pg):
         ("dbi://u:hun;ter2@h/db", "hun;ter2"),  # unencoded ';'
         ("dbi://u:sec/ret:@h:x/db", "sec/ret:"),
         ("http://u:hunter2@h/db", "hunter2"),
+        # an unencoded ';' in a password given as a parameter
+        ("dbi://u@h/db;password=hun;ter2", "hun;ter2"),
+        ("dbi://u@h/db;password=hun;ter=2", "hun;ter=2"),
+        ("dbi://u@h/db;password=hun;ter=2;sslmode=x", "hun;ter=2"),
+        ("dbi://u@h/db;sslpassword=hun;host=h;port=x", "hun;host=h"),
+        ("dbi://u@h/db;password=p;password=q", "q"),
+        ("dbi://u:hunter2@[::1/db", "hunter2"),
+        ("dbi://u:hunter2@h1:1,h2:x/db", "hunter2"),
     ],
 )
 def test_errors_never_quote_the_password(dsn, password):

@@ -4,11 +4,13 @@ tests/test_pgsql.py kills a plain Python process that holds a fresh
 cluster, and checks its postmaster and directory.  This kills a *pytest*
 process in the middle of a test, after the server was restarted (so the
 watchdog must know the new postmaster), while clients are connected
-directly and through the proxy, with transactions open, and (as root) the
-proxy's port partitioned with iptables rules; then it checks every process
-of the server (the postmaster and all its children: backends,
-checkpointer, WAL writer...), the cluster directory, the watchdog process
-itself, and the firewall rules.
+directly, through the proxy and through PgBouncer, with transactions open,
+a synchronous streaming standby follows the server, and (as root) the
+proxy's port is partitioned with iptables rules; then it checks every
+process of the server and of the standby (the postmasters and all their
+children: backends, checkpointer, WAL sender and receiver...), PgBouncer,
+their directories, the watchdog processes themselves, and the firewall
+rules.
 """
 
 import json
@@ -27,6 +29,7 @@ CHILD_TEST = """
     from reconnecting import ReconnectingConnection
     from reconnecting.testing import PgTestSetup, PortForwardTestSetup
     from reconnecting.testing import pgsql
+    from reconnecting.testing.pgbouncer import PgBouncer, pgbouncer_unavailable
 
     def children(pid):
         found = []
@@ -49,18 +52,32 @@ CHILD_TEST = """
         db = ReconnectingConnection(
             lambda: pg.connect(host=proxy.host, port=proxy.port))
         clients = [pg.connect() for _ in range(3)] + [db]
+        cluster = pg.server
+        standby = cluster.make_standby(synchronous=True)
+        standby.restart("immediate")  # the watchdog must know the new one
+        reader = pg.connect(host=standby.host, port=standby.port)
+        reader.cursor().execute("SELECT 1")  # a transaction open on the standby
+        pooled = pgbouncer_unavailable() is None
+        if pooled:
+            bouncer = PgBouncer(pool_mode="session")
+            bouncer.start()
+            bouncer.restart()
+            clients.append(bouncer.connect(pg.dbname))
         for client in clients:
             client.cursor().execute("SELECT txid_current()")  # stays open
         partitioned = PortForwardTestSetup.partition_unavailable() is None
         if partitioned:
             proxy.partition()
-        cluster = pg.server
+        servers = [cluster.pid, standby.pid]
         print(json.dumps({
             "first": first,
             "postmaster": cluster.pid,
-            "server": [cluster.pid, *children(cluster.pid)],
-            "directory": cluster.directory,
-            "watchdog": cluster._watchdog.pid,
+            "server": [pid for s in servers for pid in [s, *children(s)]],
+            "directories": [cluster.directory, standby.directory]
+            + [bouncer.directory] * pooled,
+            "watchdogs": [cluster._watchdog.pid, standby._watchdog.pid]
+            + [bouncer._watchdog.pid] * pooled,
+            "pgbouncer": bouncer.pid if pooled else None,
             "partitioned": partitioned,
             "port": proxy.port,
         }), flush=True)
@@ -124,29 +141,36 @@ def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
             raise AssertionError(f"the child run ended early ({child.wait()})")
         found = json.loads(line)
         assert found["postmaster"] != found["first"]  # restarted
-        assert len(found["server"]) > 4  # postmaster, 4+ backends, aux processes
+        assert len(found["server"]) > 10  # 2 postmasters, backends, aux processes
         assert all(alive(pid) for pid in found["server"])
-        assert os.path.isdir(found["directory"])
+        assert all(map(os.path.isdir, found["directories"]))
+        if found["pgbouncer"] is not None:
+            assert alive(found["pgbouncer"])
         if found["partitioned"]:
             assert len(firewall_rules(found["port"])) == 2
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
-    pids = [*found["server"], found["watchdog"]]
-    directory = found["directory"]
+    pids = [*found["server"], *found["watchdogs"], found["pgbouncer"]]
+    pids = [pid for pid in pids if pid is not None]
+    directories = found["directories"]
+
+    def mentioned():
+        return [pid for directory in directories for pid in mentions(directory)]
+
     with suppress(TimeoutError):  # the assertions below say what is left
         wait_until(
             lambda: (
                 not any(map(alive, pids))
-                and not os.path.lexists(directory)
-                and not mentions(directory)
+                and not any(map(os.path.lexists, directories))
+                and not mentioned()
                 and not (found["partitioned"] and firewall_rules(found["port"]))
             )
         )
     assert [pid for pid in pids if alive(pid)] == []
-    assert not os.path.lexists(directory)
-    assert mentions(directory) == []
+    assert [d for d in directories if os.path.lexists(d)] == []
+    assert mentioned() == []
     assert shared_memory_segments() <= segments_before
     if found["partitioned"]:
         assert firewall_rules(found["port"]) == []

@@ -92,7 +92,8 @@ def test_each_setup_gets_a_fresh_database():
     conn.cursor().execute("CREATE TABLE t (x int)")
     conn.commit()
     conn.close()
-    setup.setUp()  # tears down the first
+    setup.tearDown()
+    setup.setUp()
     assert setup.dbname != first and not database_exists(first)
     conn = setup.connect()
     cur = conn.cursor()
@@ -100,6 +101,62 @@ def test_each_setup_gets_a_fresh_database():
     assert cur.fetchone() == (0,)
     conn.close()
     setup.tearDown()
+
+
+def test_every_method_is_safe_to_call_twice():
+    outer = PgTestSetup()
+    outer.setUp()
+    setup = PgTestSetup()
+    setup.setUp()
+    dbname = setup.dbname
+    setup.setUp()  # keeps its database
+    assert setup.dbname == dbname and database_exists(dbname)
+    setup.tearDown()
+    setup.tearDown()  # drops nothing more: not the outer test's database
+    assert not database_exists(dbname) and database_exists(outer.dbname)
+    PgTestSetup().tearDown()  # describes the outer database, but did not make it
+    assert database_exists(outer.dbname) and PgTestSetup().dbname == outer.dbname
+    outer_dbname = outer.dbname
+    outer.tearDown()
+    assert not database_exists(outer_dbname)
+
+
+def test_teardown_rolls_back_prepared_transactions():
+    setup = PgTestSetup()
+    setup.setUp()
+    dbname = setup.dbname
+    conn = setup.connect()
+    conn.cursor().execute("CREATE TABLE t (x int); PREPARE TRANSACTION 'left-over'")
+    conn.close()
+    setup.tearDown()
+    assert setup.rolled_back_prepared == ["left-over"] and not database_exists(dbname)
+
+
+def test_cluster_methods_are_safe_to_call_twice():
+    cluster = Cluster()
+    try:
+        cluster.create()
+        directory = cluster.directory
+        cluster.create()
+        assert cluster.directory == directory
+        cluster.start()
+        pid = cluster.pid
+        cluster.start()
+        assert cluster.pid == pid
+        cluster.stop()
+        cluster.stop()
+        assert not cluster.running and process_gone(pid)
+        cluster.start()
+        cluster.restart()
+        cluster.restart()
+        assert cluster.running
+        conn = cluster.admin_connect()
+        conn.cursor().execute("SHOW max_prepared_transactions")
+        conn.close()
+    finally:
+        cluster.destroy()
+        cluster.destroy()
+    assert not cluster.running and not os.path.exists(directory)
 
 
 def test_a_new_instance_describes_the_current_database(setup):

@@ -137,9 +137,12 @@ def test_binds_only_to_loopback():
         assert PortForwardTestSetup("127.0.0.1", 5432, host=host).host == host
 
 
-def test_set_up_twice_is_an_error(proxy):
-    with pytest.raises(RuntimeError, match="already set up"):
-        proxy.setUp()
+def test_set_up_twice_keeps_listening(proxy, connect):
+    conn = connect()
+    port, thread = proxy.port, proxy._thread
+    proxy.setUp()
+    assert (proxy.port, proxy._thread) == (port, thread)
+    assert select_1(conn) == 1 and proxy.connections == 1
 
 
 def test_tear_down_keeps_the_port_and_breaks_connections(pg, proxy, connect):

@@ -1,16 +1,19 @@
-"""Clean up a throwaway PostgreSQL cluster when the test process dies.
+"""Clean up a throwaway server's directory and processes when the test process dies.
 
-Started by ``reconnecting.testing.cluster.Cluster`` as a separate process in
-its own session::
+Started by ``start_watchdog()`` (for a ``Cluster``, a standby, a
+``PgBouncer``) as a separate process in its own session::
 
-    python -m reconnecting.testing._watchdog FD CLUSTER_DIR DATA_DIR
+    python -m reconnecting.testing._watchdog FD DIRECTORY [PIDFILE ...]
 
 ``FD`` is the read end of a pipe whose write end only the test process
-holds.  The test process writes the postmaster pid, one line per server
-start.  End of file means the test process is gone (even if it was
-SIGKILLed): the watchdog then stops the postmaster with SIGQUIT (SIGKILL if
-it lingers) and removes ``CLUSTER_DIR``.  After a normal clean-up the test
-process closes the pipe last, so there is nothing left to do.
+holds.  The test process writes the pid of each server process it starts,
+one line each.  End of file means the test process is gone (even if it was
+SIGKILLed): the watchdog then stops those processes, and those named by the
+PIDFILEs (a start not reported yet) that still run a command naming
+``DIRECTORY``: a postmaster with SIGQUIT (immediate shutdown, which ends its
+backends too), anything else with SIGTERM, and SIGKILL for what lingers.
+Then it removes ``DIRECTORY``.  After a normal clean-up the test process
+closes the pipe last, so there is nothing left to do.
 
 Stdlib only, so it runs by file path without the package being importable.
 """
@@ -20,10 +23,38 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
 GRACE_SECONDS = 5.0
+
+
+def start_watchdog(directory: str, *pid_files: str) -> tuple[subprocess.Popen, int]:
+    """Start a watchdog for *directory*; return it and the pipe's write end.
+
+    Write each server pid to the pipe (``b"%d\\n"``); close it last, after
+    stopping the servers and removing *directory* yourself.
+    """
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, False)  # only we may hold it, no child of ours
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-I", os.path.abspath(__file__), str(read_end)]
+            + [directory, *pid_files],
+            pass_fds=(read_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C for the tests is not for it
+            cwd="/",
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return watchdog, write_end
 
 
 def _read_until_eof(fd: int) -> list[int]:
@@ -43,10 +74,10 @@ def _read_until_eof(fd: int) -> list[int]:
             pids.extend(int(line) for line in lines if line.strip().isdigit())
 
 
-def _pid_file_pid(data_dir: str) -> int | None:
-    """The pid in ``postmaster.pid``: covers a start not yet reported."""
+def _pid_file_pid(path: str) -> int | None:
+    """The pid in a pid file: covers a start not yet reported."""
     try:
-        with open(os.path.join(data_dir, "postmaster.pid"), "rb") as f:
+        with open(path, "rb") as f:
             first = f.readline().strip()
     except OSError:
         return None
@@ -64,31 +95,37 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
-def _is_our_postmaster(pid: int, data_dir: str) -> bool:
-    """Check the pid still runs ``postgres -D DATA_DIR`` (pids get reused)."""
+def _command(pid: int, directory: str) -> bytes | None:
+    """The program a pid runs, if its arguments name *directory* or a path in
+    it (pids get reused); else None."""
+    if pid == os.getpid():
+        return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
-        return False
-    if not argv or not os.path.basename(argv[0]).startswith(b"postgres"):
-        return False
-    wanted = os.fsencode(data_dir)
-    return any(a == b"-D" and b == wanted for a, b in zip(argv, argv[1:], strict=False))
+        return None
+    wanted = os.fsencode(directory)
+    if any(a == wanted or a.startswith(wanted + b"/") for a in argv[1:]):
+        return os.path.basename(argv[0])
+    return None
 
 
-def _stop(pids: set[int], data_dir: str) -> None:
-    targets = {pid for pid in pids if _is_our_postmaster(pid, data_dir)}
-    for pid in targets:
+def _stop(pids: set[int], directory: str) -> None:
+    targets = {pid: _command(pid, directory) for pid in pids}
+    targets = {pid: program for pid, program in targets.items() if program}
+    for pid, program in targets.items():
+        # SIGQUIT is a postmaster's immediate shutdown; for others, SIGTERM.
+        postgres = program.startswith(b"postgres")
         try:
-            os.kill(pid, signal.SIGQUIT)  # immediate shutdown
+            os.kill(pid, signal.SIGQUIT if postgres else signal.SIGTERM)
         except OSError:
             pass
     deadline = time.monotonic() + GRACE_SECONDS
     while any(_alive(pid) for pid in targets) and time.monotonic() < deadline:
         time.sleep(0.01)
     for pid in targets:
-        if _alive(pid) and _is_our_postmaster(pid, data_dir):
+        if _alive(pid) and _command(pid, directory):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -107,22 +144,20 @@ def _remove(path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3:
+    if len(args) < 2:
         print(
-            "usage: python -m reconnecting.testing._watchdog FD CLUSTER_DIR DATA_DIR",
+            "usage: python -m reconnecting.testing._watchdog FD DIRECTORY [PIDFILE...]",
             file=sys.stderr,
         )
         return 2
-    fd, cluster_dir, data_dir = int(args[0]), args[1], args[2]
+    fd, directory, pid_files = int(args[0]), args[1], args[2:]
     # Terminal signals must not stop us before the clean-up.
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     pids = set(_read_until_eof(fd))
-    pid = _pid_file_pid(data_dir)
-    if pid is not None:
-        pids.add(pid)
-    _stop(pids, data_dir)
-    _remove(cluster_dir)
+    pids.update(filter(None, map(_pid_file_pid, pid_files)))
+    _stop(pids, directory)
+    _remove(directory)
     return 0
 
 

@@ -19,29 +19,33 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 from psycopg2.extensions import make_dsn
 
+from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
 from reconnecting.testing.server import Server
+
+if TYPE_CHECKING:
+    from reconnecting.testing.standby import Standby
 
 __all__ = ["Cluster", "get_cluster"]
 
 PASSWORD_ROLE = "password_required"
 
 _SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
-_WATCHDOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_watchdog.py")
 _PG_HBA = f"""\
 local all +{PASSWORD_ROLE} scram-sha-256
 host  all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256
 local all all trust
 host  all all 127.0.0.1/32 trust
+local replication all trust
+host  replication all 127.0.0.1/32 trust
 """
 
 
@@ -172,23 +176,12 @@ class Cluster(Server):
                 raise
 
     def _start_watchdog(self) -> None:
-        read_end, self._pipe = os.pipe()
-        os.set_inheritable(self._pipe, False)  # only we may hold it, no child of ours
-        try:
-            args = [str(read_end), self.directory, self.data_dir]
-            self._watchdog = subprocess.Popen(
-                [sys.executable, "-I", _WATCHDOG, *args],
-                pass_fds=(read_end,),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd="/",
-            )
-        finally:
-            os.close(read_end)
+        pid_file = os.path.join(self.data_dir, "postmaster.pid")
+        self._watchdog, self._pipe = start_watchdog(self.directory, pid_file)
 
-    def _initdb(self) -> None:
+    def _prepare_directory(self) -> int:
+        """Make the empty data and socket directories and the log, check the
+        server user can run the binaries; return the major version."""
         os.mkdir(self.data_dir, 0o700)
         os.mkdir(self.socket_dir, 0o700)
         open(self.log_path, "ab").close()
@@ -205,7 +198,10 @@ class Cluster(Server):
             result.check_returncode()
         self.version = result.stdout.strip()
         match = re.search(r"\(PostgreSQL\) (\d+)", self.version)
-        major = int(match.group(1)) if match else 0
+        return int(match.group(1)) if match else 0
+
+    def _initdb(self) -> None:
+        major = self._prepare_directory()
         options = ["-D", self.data_dir, "-U", self.user]
         options += "-A trust -N -E UTF8 --locale=C".split()
         if major >= 14:
@@ -236,6 +232,8 @@ class Cluster(Server):
             "fsync": "off",
             "full_page_writes": "off",
             "max_connections": 100,  # room for soak tests
+            # The adapter's two-phase commit (PREPARE TRANSACTION) needs them.
+            "max_prepared_transactions": 20,
             "shared_buffers": "32MB",
             # Dynamic shared memory in the data directory, not /dev/shm, so
             # that removing the cluster removes it even after a SIGKILL.
@@ -385,6 +383,37 @@ class Cluster(Server):
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Cluster {self.host}:{self.port} {state}>"
+
+    # -- replication (reconnecting/testing/standby.py) -------------------------
+
+    def make_standby(self, synchronous: bool = False) -> Standby:
+        """Return a new streaming ``Standby`` of this running cluster, started.
+
+        :param synchronous: make this cluster wait for the standby at every
+            commit, until the standby is destroyed.
+        """
+        from reconnecting.testing.standby import Standby  # which imports us
+
+        standby = Standby(self, synchronous=synchronous)
+        try:
+            standby.start()
+        except BaseException:
+            standby.destroy()
+            raise
+        return standby
+
+    @property
+    def is_primary(self) -> bool:
+        """True while the server runs and takes writes (not in recovery)."""
+        if not self.running:
+            return False
+        conn = self.admin_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT pg_is_in_recovery()")
+            return not cursor.fetchone()[0]
+        finally:
+            conn.close()
 
 
 _lock = threading.RLock()

@@ -47,12 +47,34 @@ __all__ = [
     "find_bindir",
     "get_cluster",
     "get_server",
+    "roll_back_prepared",
 ]
 
 
 class _Database(NamedTuple):
     server: Server
     dbname: str
+
+
+def roll_back_prepared(server: Server, dbname: str) -> list[str]:
+    """Roll back every transaction prepared in *dbname*; return their ids."""
+    conn = server.admin_connect()
+    try:
+        with conn.cursor() as cur:
+            query = "SELECT gid FROM pg_prepared_xacts WHERE database = %s"
+            cur.execute(query, (dbname,))
+            gids = [gid for (gid,) in cur.fetchall()]
+    finally:
+        conn.close()
+    if gids:  # only from a session in that database
+        conn = server.admin_connect(dbname)
+        try:
+            with conn.cursor() as cur:
+                for gid in gids:
+                    cur.execute("ROLLBACK PREPARED %s", (gid,))
+        finally:
+            conn.close()
+    return gids
 
 
 _lock = threading.Lock()
@@ -78,6 +100,8 @@ class PgTestSetup:
         self.last_create_seconds: float | None = None
         #: Seconds the last ``DROP DATABASE`` of ``tearDown()`` took.
         self.last_drop_seconds: float | None = None
+        #: The ids of the prepared transactions the last ``tearDown()`` rolled back.
+        self.rolled_back_prepared: list[str] = []
 
     def _database(self, required: bool = True) -> _Database | None:
         db = self._db or (_current[-1] if _current else None)
@@ -109,9 +133,13 @@ class PgTestSetup:
         return self.server.connect(self.dbname, **kwargs)
 
     def setUp(self) -> None:
-        """Make sure the server runs, and create a fresh test database."""
+        """Make sure the server runs, and create a fresh test database.
+
+        Does nothing when this instance has a test database already: call
+        ``tearDown()`` first for a fresh one.
+        """
         if self._db is not None:
-            self.tearDown()
+            return
         server = get_server()
         if not server.running:
             server.start()
@@ -122,20 +150,23 @@ class PgTestSetup:
             _current.append(self._db)
 
     def tearDown(self) -> None:
-        """Drop the test database, after terminating its connections.
+        """Drop the test database this instance created, after rolling back
+        the transactions prepared in it and terminating its connections.
 
-        On an instance that set up nothing, drop the current test database.
-        Does nothing when there is none.
+        Does nothing on an instance that has no test database, such as one
+        torn down already, or one made only to describe the current test
+        database: only the instance that created a database drops it.
         """
         with _lock:
-            db = self._database(required=False)
-            self._db = None
+            db, self._db = self._db, None
             if db in _current:
                 _current.remove(db)
         if db is None:
             return
         if not db.server.running:  # a test stopped it: the database is still there
             db.server.start()
+        # A prepared transaction outlives its connection, and blocks DROP DATABASE.
+        self.rolled_back_prepared = roll_back_prepared(db.server, db.dbname)
         self.last_drop_seconds = db.server.drop_database(db.dbname)
 
     def stop(self, mode: str = "fast") -> None:

@@ -133,13 +133,12 @@ class PortForwardTestSetup:
         self.tearDown()
 
     def setUp(self) -> None:
-        """Start listening and forwarding.
+        """Start listening and forwarding; does nothing if already listening.
 
-        :raises RuntimeError: if already set up.
         :raises OSError: if the port cannot be bound (taken by someone else).
         """
         if self._thread is not None:
-            raise RuntimeError(f"{self!r} is already set up; call tearDown() first")
+            return
         target_host, target_port = self._explicit_target
         if target_host is None or target_port is None:
             from reconnecting.testing.pgsql import PgTestSetup  # only needed here

@@ -1,0 +1,172 @@
+"""A streaming standby of a throwaway cluster, for failover tests.
+
+``Cluster.make_standby()`` copies a running ``Cluster`` with
+``pg_basebackup -R`` into a new directory of its own and starts it as a hot
+standby: it follows the primary's WAL over a replication connection, answers
+read-only queries, and refuses writes with ``cannot execute ... in a
+read-only transaction``.  ``promote()`` makes it a primary, on a new
+timeline; the old primary, if it runs again, knows nothing of that (a split
+brain, which tests make on purpose only).
+
+A ``Standby`` is a ``Cluster`` in everything else: its own port on
+127.0.0.1, its own unix socket directory, the same server user when running
+as root, ``stop()``, ``start()``, ``restart()``, and a watchdog that removes
+it even when the test process is killed.  With ``synchronous=True`` the
+primary waits, at every commit, until the standby has the commit on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from reconnecting.testing.binaries import copy_binaries
+from reconnecting.testing.cluster import Cluster, _free_port
+from reconnecting.testing.waiting import wait_until
+
+__all__ = ["Standby"]
+
+
+class Standby(Cluster):
+    """A streaming standby of *primary*, a running ``Cluster``.
+
+    :param synchronous: make the primary wait for this standby at every
+        commit (``synchronous_standby_names``), until ``destroy()``.
+
+    ``create()`` (or the first ``start()``) takes the base backup; use
+    ``Cluster.make_standby()`` to get one made and started.
+    """
+
+    def __init__(self, primary: Cluster, *, synchronous: bool = False) -> None:
+        super().__init__(bindir=primary.bindir)
+        self.primary = primary
+        self.synchronous = synchronous
+        #: Its ``cluster_name``, which the primary sees as ``application_name``.
+        self.name: str | None = None
+        self._role_created = True  # roles come with the base backup
+        self._synchronous_on_primary = False
+
+    def _prepare_directory(self) -> int:
+        # Binaries copied into the primary's directory go with it: copy them
+        # again, so that the standby can restart after the primary is gone.
+        primary_dir = self.primary.directory or ""
+        if self.bindir.startswith(os.path.join(primary_dir, "")):
+            target = self._path("binaries")
+            self.bindir = copy_binaries(self.bindir, target, self._account)
+        return super()._prepare_directory()
+
+    def _initdb(self) -> None:
+        if not self.primary.running:
+            raise RuntimeError("a standby needs a running primary")
+        self._prepare_directory()
+        primary = self.primary
+        started = time.perf_counter()
+        result = self._run(
+            os.path.join(self.bindir, "pg_basebackup"),
+            *("-D", self.data_dir, "-R", "-X", "stream", "--checkpoint=fast", "-N"),
+            *("-h", primary.socket_dir, "-p", str(primary.port), "-U", primary.user),
+        )
+        self.initdb_seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            output = result.stdout + result.stderr
+            raise RuntimeError(f"pg_basebackup failed ({result.returncode}):\n{output}")
+        self.port = _free_port()
+        self.name = f"standby_{self.port}"
+
+    def _server_command(self) -> list[str]:
+        command = super()._server_command()
+        settings = {
+            "hot_standby": "on",
+            "cluster_name": self.name,  # the walreceiver's application_name
+            # A primary's own synchronous standbys came with the base backup
+            # (ALTER SYSTEM): once promoted, this server must not wait for them.
+            "synchronous_standby_names": "",
+        }
+        for name, value in settings.items():
+            command += ["-c", f"{name}={value}"]
+        return command
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the standby (taking the base backup first if needed), and
+        wait until the primary streams to it (as a synchronous standby with
+        ``synchronous=True``)."""
+        with self._lock:
+            if self.running:
+                return
+            super().start(timeout)
+            if self.is_primary:
+                return  # promoted: there is nothing to follow any more
+            if self.synchronous and not self._synchronous_on_primary:
+                self.primary._execute(
+                    f"ALTER SYSTEM SET synchronous_standby_names = '\"{self.name}\"'",
+                    "SELECT pg_reload_conf()",
+                )
+                self._synchronous_on_primary = True
+            state = "sync" if self.synchronous else "async"
+            wait_until(lambda: self._replication_state() == state, timeout)
+
+    def _replication_state(self) -> str | None:
+        """The primary's ``sync_state`` of this standby while it streams."""
+        conn = self.primary.admin_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(
+                "SELECT sync_state FROM pg_stat_replication"
+                " WHERE application_name = %s AND state = 'streaming'",
+                (self.name,),
+            )
+            row = cursor.fetchone()
+            return row and row[0]
+        finally:
+            conn.close()
+
+    def catch_up(self, timeout: float = 30.0) -> None:
+        """Wait until the standby has replayed all the primary has written."""
+        conn = self.primary.admin_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT pg_current_wal_lsn()::text")
+            target = cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+        def replayed() -> Any:
+            return self._query(
+                "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+            )
+
+        wait_until(replayed, timeout)
+
+    def promote(self, timeout: int = 60) -> None:
+        """Make the standby a primary, and wait until it takes writes.
+
+        :raises RuntimeError: if it is still a standby after *timeout* seconds.
+        """
+        if not self._query("SELECT pg_promote(true, %s)", (timeout,)):
+            raise RuntimeError(f"the standby was not promoted in {timeout} s")
+
+    def _query(self, query: str, args: tuple = ()) -> Any:
+        conn = self.admin_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(query, args)
+            return cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+    def destroy(self) -> None:
+        """Stop and remove the standby; a primary that waited for it no
+        longer does."""
+        with self._lock:
+            if self._synchronous_on_primary and self.primary.running:
+                self.primary._execute(
+                    "ALTER SYSTEM RESET synchronous_standby_names",
+                    "SELECT pg_reload_conf()",
+                )
+                self._synchronous_on_primary = False
+            super().destroy()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Standby {self.host}:{self.port} of port {self.primary.port} {state}>"
