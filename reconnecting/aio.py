@@ -583,7 +583,7 @@ class AsyncReconnectingCursor:
         # A named cursor is a server-side one: fetching talks to the server.
         self._named = bool(kwargs.get("name") or (args and args[0]))
         self._raw_connection: Any | None = None
-        self._raw_cursor: Any | None = None
+        self._raw_cursor: Any = None  # the driver's, on _raw_connection
         self._settings: dict[str, Any] = {}
         self._kept = False  # reading a result kept after a resolved commit
         self._closed = False
@@ -655,14 +655,15 @@ class AsyncReconnectingCursor:
     executemany = _server_method(
         "executemany", "Run a query for each parameter set.", True
     )
-    _fetchone = _fetch_method("fetchone", "")
+    _fetchone: Callable[..., Awaitable[Any]] = _fetch_method("fetchone", "")
 
     def fetchone(self) -> Awaitable[Any]:
         """Return the next row, or ``None``."""
         raw = self._connection._raw  # the hot path of _fetch_method, spelled out
         if self._named or raw is None or raw is not self._raw_connection:
             return self._fetchone()
-        return self._raw_cursor.fetchone()  # type: ignore[union-attr]
+        fetch: Awaitable[Any] = self._raw_cursor.fetchone()
+        return fetch
 
     fetchmany = _fetch_method("fetchmany", "Return the next ``size`` rows.")
     fetchall = _fetch_method("fetchall", "Return the remaining rows.")
@@ -844,7 +845,7 @@ async def _before(deadline: float, awaitable: Awaitable[Any], raw: Any = None) -
     return task.result()
 
 
-async def _abandon(task: asyncio.Future, raw: Any) -> None:
+async def _abandon(task: asyncio.Future[Any], raw: Any) -> None:
     if raw is not None:
         _close_now(raw)
     task.cancel()
