@@ -38,9 +38,10 @@ from reconnecting.connection import (
     _describe,
     _id_query,
     _is_outage,
+    _plain_cursor,
     _refusal,
     _status_questions,
-    _tuple_row,
+    _TransactionBlock,
     is_disconnection,
     log,
 )
@@ -97,6 +98,7 @@ class AsyncReconnectingConnection:
         self._closed = False
         self._settings: dict[str, Any] = {}
         self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
+        self._blocks: list[_AsyncTransactionBlock] = []  # transaction() blocks open
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._connecting = asyncio.Lock()
@@ -282,6 +284,8 @@ class AsyncReconnectingConnection:
         """
         if self._raw is None and self._refusal is None and not self._closed:
             return  # nothing was done, so there is nothing to commit
+        if self._blocks:
+            raise self._blocks[-1].misuse("commit")
         raw = await self._connection()
         written = None
         try:
@@ -409,6 +413,17 @@ class AsyncReconnectingConnection:
         self._closed = True
         raw, self._raw = self._raw, None
         await _close_quietly(raw)
+
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> _AsyncTransactionBlock:
+        """psycopg 3's ``async with conn.transaction():`` block, made of this
+        connection's own calls, as the sync connection's: the outermost block
+        ends with :meth:`commit` (resolved, if asked for) or
+        :meth:`rollback`, inner ones are savepoints, and a block left by
+        :class:`~reconnecting.Retry` touches nothing."""
+        # The sync block's rules, on this connection's awaited calls.
+        return _AsyncTransactionBlock(self, savepoint_name, force_rollback)  # type: ignore[arg-type]
 
     # -- session settings ------------------------------------------------------
 
@@ -721,6 +736,54 @@ class AsyncReconnectingCursor:
             self._settings[name] = value
 
 
+class _AsyncTransactionBlock(_TransactionBlock):
+    """The sync block's rules, with ``async with``."""
+
+    connection: AsyncReconnectingConnection  # type: ignore[assignment]
+
+    def __enter__(self) -> _TransactionBlock:
+        raise TypeError("use 'async with db.transaction():' on an asyncio connection")
+
+    async def __aenter__(self) -> _AsyncTransactionBlock:
+        connection = self.connection
+        raw = await connection._connection()
+        self._outer = not connection._blocks and raw.info.transaction_status == 0
+        if not self._outer:
+            depth = len(connection._blocks) + 1
+            self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
+            await self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+        elif raw.autocommit:
+            await self._cursor.execute("BEGIN")
+        connection._blocks.append(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        connection = self.connection
+        connection._blocks.remove(self)
+        if isinstance(exc, Retry) or connection._refusal is not None:
+            return False  # the caller rolls back, as always
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                await connection.commit()
+            else:
+                await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            return False
+        if self._outer:
+            await connection.rollback()
+        else:
+            await self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+        # psycopg.Rollback ends this block quietly, or the one it names.
+        if type(exc).__name__ == "Rollback":
+            return getattr(exc, "transaction", None) in (None, self)
+        return False
+
+
 # -- the retry loop ----------------------------------------------------------
 
 
@@ -795,7 +858,7 @@ async def attempts(
 
 async def _query_row(raw: Any, query: str) -> Any:
     """Run one of our own queries: rows as tuples, whatever the caller set."""
-    cursor = raw.cursor(row_factory=_tuple_row)
+    cursor = _plain_cursor(raw)
     try:
         await cursor.execute(query)
         return await cursor.fetchone()
@@ -808,19 +871,21 @@ async def _transaction_status(
 ) -> str:
     """Ask the server what became of a transaction, by the sync module's rules."""
     questions = _status_questions(raw.info.server_version, transaction_id, server)
+    cursor = _plain_cursor(raw)
     try:
         question = next(questions)
         while True:
             try:
-                answer = await _query_row(raw, question)
+                await cursor.execute(question)
+                answer = await cursor.fetchone()
             except Exception as error:
                 question = questions.throw(error)
             else:
                 question = questions.send(answer)
     except StopIteration as end:
-        status: str = end.value
-        return status
+        return str(end.value)
     finally:
+        await cursor.close()
         await raw.rollback()
 
 
