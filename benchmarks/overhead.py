@@ -34,8 +34,10 @@ def measure(pg, driver, pairs):
         raw.close()
     ratios = [w / d for d, w in times]
     direct = statistics.median(d / BLOCK for d, _ in times)
+    added = statistics.median((w - d) / BLOCK for d, w in times)
     print(
-        f"{driver.__name__:>8}: direct median {direct * 1e6:.1f} us per round trip;"
+        f"{driver.__name__:>8}: direct median {direct * 1e6:.1f} us per round trip,"
+        f" the wrapper adds {added * 1e6:.2f} us;"
         f" wrapper / direct: median ratio {statistics.median(ratios):.3f}"
         f" over {pairs} pairs of {BLOCK} round trips (target <= 1.03)"
     )

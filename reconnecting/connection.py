@@ -251,9 +251,26 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
         return True
     if _ends_session(exc):
         return True
+    if sqlstate == "25006" and _in_hot_standby(raw_connection):
+        return True  # a standby, not the primary we need: find one
     if sqlstate is not None:
         return False
     return _says(exc, DISCONNECT_MESSAGES)
+
+
+def _in_hot_standby(raw_connection: Any) -> bool:
+    """True if the server said it is a hot standby (PostgreSQL 14+ reports
+    ``in_hot_standby`` to the client, so this asks the driver, not the
+    server).  A read-only error anywhere else is the caller's own."""
+    parameter_status = getattr(
+        getattr(raw_connection, "info", None), "parameter_status", None
+    )
+    try:
+        return (
+            parameter_status is not None and parameter_status("in_hot_standby") == "on"
+        )
+    except Exception:
+        return False  # a closed connection may refuse to tell
 
 
 def _already_disconnected() -> Retry:
