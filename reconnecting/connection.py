@@ -601,6 +601,7 @@ class ReconnectingConnection:
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
+        self._entered: Any | None = None  # psycopg2 connection in a with block
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -777,7 +778,12 @@ class ReconnectingConnection:
             _close_quietly(raw)
 
     def __enter__(self) -> ReconnectingConnection:
-        self._connection()
+        raw = self._connection()
+        if not _is_psycopg3(raw):
+            # psycopg2 opens a transaction in a block even in autocommit
+            # mode; its own __enter__ tells it so.
+            raw.__enter__()
+            self._entered = raw
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -798,6 +804,11 @@ class ReconnectingConnection:
             except Exception as error:  # keep the block's own exception
                 log.warning("Rollback at the end of a block failed: %s", error)
         finally:
+            entered, self._entered = self._entered, None
+            if entered is not None and entered is self._raw:
+                # It ends nothing now (the transaction is over); it only
+                # tells psycopg2 that the block is over.
+                self._raw.__exit__(None, None, None)
             if closing:
                 self.close()
 
