@@ -2,17 +2,17 @@
 
 :class:`AsyncReconnectingConnection` keeps the contract of
 :class:`~reconnecting.connection.ReconnectingConnection` with ``await``: an
-outage makes the call that finds it raise :class:`~reconnecting.Retry`, the connection
-refuses work until ``await db.rollback()``, and then the same connection and
-cursor objects carry on over a new server connection.  The rules that tell
-an outage from any other error, and those that resolve an interrupted
-commit, are the sync module's, imported from it: copy both files to use
-this one.
+outage makes the call that finds it raise :class:`~reconnecting.Retry`,
+the connection refuses work until ``await db.rollback()``, and then the
+same connection and cursor objects carry on over a new server connection.
+The rules that tell an outage from any other error, resolve an interrupted
+commit, shape ``transaction()`` blocks and pace :func:`attempts` are the
+sync module's, imported from it: copy both files to use this one.
 
 A task cancelled in the middle of a call that talks to the server (by
 ``task.cancel()`` or ``asyncio.timeout()``) leaves the connection as an
-outage does, minus the :class:`~reconnecting.Retry`: the server connection is closed and
-the connection refuses work until ``rollback()``.
+outage does, minus the :class:`~reconnecting.Retry`: the server connection
+is closed, and the connection refuses work until ``rollback()``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _SESSION_SETTINGS = frozenset(
 )
 
 
-def _refused(why: str) -> Retry:
+def _work_refused(why: str) -> Retry:
     error = DisconnectedConnectionError(why)
     return Retry((DisconnectedConnectionError, error, None))
 
@@ -149,7 +149,7 @@ class AsyncReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._refusal is not None:
-                raise _refused(self._refusal)
+                raise _work_refused(self._refusal)
             if self._raw is None:
                 raw = await self._connect()
                 if self._closed:  # closed while connecting
@@ -248,8 +248,11 @@ class AsyncReconnectingConnection:
                 yield item
         finally:
             aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                if aclose is not None:
+                    await aclose()
+            except Exception:
+                pass  # broken with its connection; closing only frees it
 
     # -- DB-API, with await -----------------------------------------------------
 
