@@ -660,7 +660,10 @@ class AsyncReconnectingCursor:
             await self._run("execute", (query, params), kwargs)
             return self
         try:
-            await self._raw_cursor.execute(query, params, **kwargs)
+            if kwargs:
+                await self._raw_cursor.execute(query, params, **kwargs)
+            else:  # the common call, without building its keywords again
+                await self._raw_cursor.execute(query, params)
         except Exception as exc:
             if connection._closed or not _is_outage(exc, raw):
                 raise
