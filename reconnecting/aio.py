@@ -882,7 +882,7 @@ async def _transaction_status(
         question = next(questions)
         while True:
             try:
-                await cursor.execute(question)
+                await cursor.execute(*question)
                 answer = await cursor.fetchone()
             except Exception as error:
                 question = questions.throw(error)
