@@ -14,6 +14,7 @@ from reconnecting.testing.pgbouncer import (
     find_pgbouncer,
     pgbouncer_unavailable,
 )
+from reconnecting.testing.standby import make_standby
 
 needs_pgbouncer = pytest.mark.skipif(
     pgbouncer_unavailable() is not None, reason="needs PgBouncer"
@@ -48,7 +49,7 @@ def primary():
 
 
 def test_a_standby_follows_across_restarts_and_stops_with_destroy(primary):
-    standby = primary.make_standby()
+    standby = make_standby(primary)
     try:
         assert standby.is_primary is False and primary.is_primary is True
         standby.restart("immediate")
@@ -65,7 +66,7 @@ def test_a_standby_follows_across_restarts_and_stops_with_destroy(primary):
 
 
 def test_a_destroyed_synchronous_standby_no_longer_holds_commits(primary):
-    standby = primary.make_standby(synchronous=True)
+    standby = make_standby(primary, synchronous=True)
     standby.destroy()
     # With the standby gone and still required, this commit would wait for ever.
     primary._execute("INSERT INTO item VALUES (2)")

@@ -30,6 +30,7 @@ CHILD_TEST = """
     from reconnecting.testing import PgTestSetup, PortForwardTestSetup
     from reconnecting.testing import pgsql
     from reconnecting.testing.pgbouncer import PgBouncer, pgbouncer_unavailable
+    from reconnecting.testing.standby import make_standby
 
     def children(pid):
         found = []
@@ -53,7 +54,7 @@ CHILD_TEST = """
             lambda: pg.connect(host=proxy.host, port=proxy.port))
         clients = [pg.connect() for _ in range(3)] + [db]
         cluster = pg.server
-        standby = cluster.make_standby(synchronous=True)
+        standby = make_standby(cluster, synchronous=True)
         standby.restart("immediate")  # the watchdog must know the new one
         reader = pg.connect(host=standby.host, port=standby.port)
         reader.cursor().execute("SELECT 1")  # a transaction open on the standby

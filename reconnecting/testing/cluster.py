@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2
 from psycopg2.extensions import make_dsn
@@ -30,9 +30,6 @@ from psycopg2.extensions import make_dsn
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
 from reconnecting.testing.server import Server
-
-if TYPE_CHECKING:
-    from reconnecting.testing.standby import Standby
 
 __all__ = ["Cluster", "get_cluster"]
 
@@ -393,22 +390,6 @@ class Cluster(Server):
         return f"<Cluster {self.host}:{self.port} {state}>"
 
     # -- replication (reconnecting/testing/standby.py) -------------------------
-
-    def make_standby(self, synchronous: bool = False) -> Standby:
-        """Return a new streaming ``Standby`` of this running cluster, started.
-
-        :param synchronous: make this cluster wait for the standby at every
-            commit, until the standby is destroyed.
-        """
-        from reconnecting.testing.standby import Standby  # which imports us
-
-        standby = Standby(self, synchronous=synchronous)
-        try:
-            standby.start()
-        except BaseException:
-            standby.destroy()
-            raise
-        return standby
 
     @property
     def is_primary(self) -> bool:
