@@ -29,9 +29,9 @@ from psycopg2.extensions import make_dsn
 
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
-from reconnecting.testing.server import Server
+from reconnecting.testing.server import SERVER_ENV, ExistingServer, Server
 
-__all__ = ["Cluster", "get_cluster"]
+__all__ = ["Cluster", "get_cluster", "get_server"]
 
 PASSWORD_ROLE = "password_required"
 
@@ -429,3 +429,18 @@ def get_cluster() -> Cluster:
                 raise
             _default_cluster = cluster
         return _default_cluster
+
+
+_existing: dict[str, ExistingServer] = {}
+
+
+def get_server() -> Server:
+    """Return the ``ExistingServer`` named by ``RECONNECTING_TEST_SERVER`` if it
+    is set, else ``get_cluster()``."""
+    conninfo = os.environ.get(SERVER_ENV, "").strip()
+    if not conninfo:
+        return get_cluster()
+    with _lock:
+        if conninfo not in _existing:
+            _existing[conninfo] = ExistingServer(conninfo)
+        return _existing[conninfo]

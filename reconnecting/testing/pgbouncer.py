@@ -32,8 +32,8 @@ from psycopg2.extensions import make_dsn
 
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import server_account
-from reconnecting.testing.cluster import _free_port, _tail
-from reconnecting.testing.server import Server, get_server
+from reconnecting.testing.cluster import _free_port, _tail, get_server
+from reconnecting.testing.server import Server
 
 __all__ = ["PGBOUNCER_ENV", "PgBouncer", "find_pgbouncer", "pgbouncer_unavailable"]
 

@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 from reconnecting.testing.binaries import _REMEDIES as _REMEDIES
 from reconnecting.testing.binaries import PGBIN_ENV as PGBIN_ENV
 from reconnecting.testing.binaries import find_bindir
-from reconnecting.testing.cluster import Cluster, get_cluster
+from reconnecting.testing.cluster import Cluster, get_cluster, get_server
 from reconnecting.testing.server import SERVER_ENV as SERVER_ENV
-from reconnecting.testing.server import ExistingServer, Server, get_server
+from reconnecting.testing.server import ExistingServer, Server
 
 __all__ = [
     "Cluster",
