@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import Any
@@ -251,9 +251,26 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
         return True
     if _ends_session(exc):
         return True
+    if sqlstate == "25006" and _in_hot_standby(raw_connection):
+        return True  # a standby, not the primary we need: find one
     if sqlstate is not None:
         return False
     return _says(exc, DISCONNECT_MESSAGES)
+
+
+def _in_hot_standby(raw_connection: Any) -> bool:
+    """True if the server said it is a hot standby (PostgreSQL 14+ reports
+    ``in_hot_standby`` to the client, so this asks the driver, not the
+    server).  A read-only error anywhere else is the caller's own."""
+    parameter_status = getattr(
+        getattr(raw_connection, "info", None), "parameter_status", None
+    )
+    try:
+        return (
+            parameter_status is not None and parameter_status("in_hot_standby") == "on"
+        )
+    except Exception:
+        return False  # a closed connection may refuse to tell
 
 
 def _already_disconnected() -> Retry:
@@ -280,8 +297,6 @@ def _is_psycopg3(raw: Any) -> bool:
 # Calls that would hand out a driver object talking to the server outside
 # the contract, and what to use instead.
 _REFUSED = {
-    "transaction": "use commit() and rollback(), or a `with` block on the "
-    "connection, which raise Retry and resolve commits",
     "pipeline": "use executemany(), which psycopg pipelines by itself",
     "copy": "use executemany(), or a driver connection of your own for COPY",
     "lobject": "use the server's lo_* functions through execute()",
@@ -313,6 +328,18 @@ def _session_values(
             return {"autocommit": True}
         return {"autocommit": False, "isolation_level": value}
     return {name[len("set_") :]: value}
+
+
+def _check_setting(raw: Any, name: str) -> None:
+    """Refuse a name that is not a setting of the driver's connection."""
+    # psycopg 3 connections take any attribute; their settings are
+    # properties or attributes of their own.
+    if hasattr(getattr(type(raw), name, None), "__set__"):
+        return
+    if name in getattr(raw, "__dict__", ()):
+        return
+    kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
+    raise AttributeError(f"'{kind}' object has no setting {name!r}")
 
 
 def _refusal(raw: Any, name: str) -> Callable[..., Any]:
@@ -469,6 +496,75 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
+class _TransactionBlock:
+    """psycopg 3's ``transaction()`` block, made of the connection's own calls.
+
+    The outermost block ends with the connection's ``commit()`` (so a lost
+    reply is resolved when asked for) or ``rollback()``; inner blocks, and
+    blocks opened inside a transaction, are savepoints.  A block left by
+    :class:`Retry` touches nothing: the caller rolls back, as always.
+    """
+
+    def __init__(
+        self,
+        connection: ReconnectingConnection,
+        savepoint_name: str | None = None,
+        force_rollback: bool = False,
+    ) -> None:
+        self.connection = connection
+        self.savepoint_name = savepoint_name
+        self.force_rollback = force_rollback
+        self._cursor = connection.cursor()
+        self._outer = False
+
+    def misuse(self, what: str) -> Exception:
+        raw = self.connection._last_raw
+        error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
+        return error_class(f"{what}() is not allowed inside a transaction() block")
+
+    def __enter__(self) -> _TransactionBlock:
+        connection = self.connection
+        raw = connection._connection()
+        self._outer = not connection._blocks and raw.info.transaction_status == 0
+        if not self._outer:
+            depth = len(connection._blocks) + 1
+            self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
+            self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+        elif raw.autocommit:
+            self._cursor.execute("BEGIN")
+        connection._blocks.append(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        connection = self.connection
+        connection._blocks.remove(self)
+        if isinstance(exc, Retry):
+            return False
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                connection.commit()
+            else:
+                self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            return False
+        if self._outer:
+            connection.rollback()
+        else:
+            self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+        # psycopg.Rollback ends this block quietly, or the one it names.
+        if type(exc).__name__ == "Rollback":
+            return getattr(exc, "transaction", None) in (None, self)
+        return False
+
+    def _quoted(self) -> str:
+        return '"' + str(self.savepoint_name).replace('"', '""') + '"'
+
+
 class ReconnectingConnection:
     """A DB-API connection that reconnects after ``rollback()``.
 
@@ -504,6 +600,7 @@ class ReconnectingConnection:
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
+        self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -734,6 +831,8 @@ class ReconnectingConnection:
             return _refusal(raw, name)
         if name in _SESSION_METHODS:
             return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
+        if name == "transaction":  # psycopg 3: a block whose COMMIT is ours
+            return lambda *args, **kwargs: _TransactionBlock(self, *args, **kwargs)
         if name == "execute":  # psycopg 3: a cursor of ours, not the driver's
             return lambda *args, **kwargs: self.cursor().execute(*args, **kwargs)
         if name == "notifies":  # psycopg 3: a generator talking to the server
@@ -802,6 +901,8 @@ class ReconnectingConnection:
         """
         if self._raw is None and not self._disconnected and not self._closed:
             return  # nothing was done, so there is nothing to commit
+        if self._blocks:
+            raise self._blocks[-1].misuse("commit")
         if not self._resolve_commit:
             self._call(_commit)
             return
@@ -827,17 +928,17 @@ class ReconnectingConnection:
         # 0 is idle, 3 in error: nothing that COMMIT could make durable.
         if raw.info.transaction_status in (0, 3):
             return None
-        current = (
-            "pg_current_xact_id_if_assigned()"
-            if raw.info.server_version >= 130000
-            else "txid_current_if_assigned()"
-        )
         # The server's identity is asked once per server connection, with
         # the first id: reading it (pg_control_system) costs a file read.
         known = self._server
         ask_server = known is None or known[0] is not raw
         started = time.monotonic()
-        row = _query_row(raw, f"SELECT {current}::text" + (", " + _SERVER) * ask_server)
+        cursor = _plain_cursor(raw)
+        try:
+            cursor.execute(_id_query(raw.info.server_version, ask_server))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
         self._round_trip = time.monotonic() - started
         if ask_server or known is None:
             known = self._server = (raw, tuple(row[1:]))
@@ -874,31 +975,13 @@ def _commit(raw: Any) -> None:
     raw.commit()
 
 
-def _check_setting(raw: Any, name: str) -> None:
-    """Refuse a name that is not a setting of the driver's connection."""
-    # psycopg 3 connections take any attribute; their settings are
-    # properties or attributes of their own.
-    if hasattr(getattr(type(raw), name, None), "__set__"):
-        return
-    if name in getattr(raw, "__dict__", ()):
-        return
-    kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
-    raise AttributeError(f"'{kind}' object has no setting {name!r}")
-
-
-def _query_row(raw: Any, query: str) -> Any:
-    """Run one of our own queries: rows as tuples, whatever the caller set."""
+def _plain_cursor(raw: Any) -> Any:
+    """A cursor for our own questions: rows as tuples, whatever the caller set."""
     if _is_psycopg3(raw):
-        cursor = raw.cursor(row_factory=_tuple_row)
-    else:
-        extensions = sys.modules.get("psycopg2.extensions")
-        base = getattr(extensions, "cursor", None)
-        cursor = raw.cursor() if base is None else raw.cursor(cursor_factory=base)
-    try:
-        cursor.execute(query)  # no parameters: any cursor class can run it
-        return cursor.fetchone()
-    finally:
-        cursor.close()
+        return raw.cursor(row_factory=_tuple_row)
+    extensions = sys.modules.get("psycopg2.extensions")
+    base = getattr(extensions, "cursor", None)
+    return raw.cursor() if base is None else raw.cursor(cursor_factory=base)
 
 
 def _tuple_row(cursor: Any) -> Callable[[Any], tuple[Any, ...]]:
@@ -968,7 +1051,7 @@ def _keep_results(
 # A new connection and one question take a few round trips and a server
 # process start; _resolve() waits this much plus ten measured round trips
 # after the deadline for the question asked last.
-_CONNECT_GRACE = 0.25
+_CONNECT_GRACE = 0.5
 
 
 class _Asking:
@@ -1045,35 +1128,49 @@ class _Asking:
 
 # Which server assigned a transaction id, and since when: an id means
 # nothing on another cluster (the next host of a multi-host DSN), and after
-# a restart it may have been handed out again (see _transaction_status).
+# a restart it may have been handed out again (see _status_questions).
 _SERVER = (
     "(SELECT system_identifier FROM pg_control_system())::text,"
     " pg_postmaster_start_time()::text"
 )
 
 
-def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
-    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
+def _id_query(server_version: int, ask_server: bool) -> str:
+    """The query for the open transaction's id (and the server's identity)."""
+    current = (
+        "pg_current_xact_id_if_assigned()"
+        if server_version >= 130000
+        else "txid_current_if_assigned()"
+    )
+    return f"SELECT {current}::text" + (", " + _SERVER) * ask_server
+
+
+def _status_questions(
+    server_version: int, transaction_id: str, server: tuple[Any, ...]
+) -> Generator[str, Any, str]:
+    """The rules for what became of a transaction, as questions to the server.
+
+    Yields queries (without parameters, so that any cursor class runs them),
+    is sent the first row of each answer (or thrown its error), and returns
+    'committed', 'aborted', 'in progress', or why the server cannot tell.
+    """
     if not transaction_id.isdigit():
-        return "not a transaction id"  # it is put in the query as it is
-    if raw.info.server_version >= 130000:
+        return "not a transaction id"  # it goes into the query as it is
+    now = yield f"SELECT {_SERVER}"
+    if now[0] != server[0]:
+        return "reconnected to another cluster, which cannot tell"
+    if server_version >= 130000:
         query = f"SELECT pg_xact_status('{transaction_id}'::xid8)"
     else:
         query = f"SELECT txid_status({transaction_id})"
     try:
-        now = _query_row(raw, f"SELECT {_SERVER}")
-        if now[0] != server[0]:
-            return "reconnected to another cluster, which cannot tell"
-        try:
-            status: str | None = _query_row(raw, query)[0]
-        except Exception as error:
-            if _sqlstate(error) != "22023":
-                raise
-            # "transaction ID ... is in the future": after a crash, the
-            # server never logged it, so it never committed.
-            status = "aborted"
-    finally:
-        raw.rollback()
+        (status,) = yield query
+    except Exception as error:
+        if _sqlstate(error) != "22023":
+            raise
+        # "transaction ID ... is in the future": after a crash, the server
+        # never logged it, so it never committed.
+        status = "aborted"
     if status is None:
         return "the server no longer knows it"
     if now[1] != server[1]:
@@ -1084,7 +1181,28 @@ def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) 
         if status == "committed":
             return "the server restarted, and the id may have been reused"
         return "aborted"
-    return status
+    return str(status)
+
+
+def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
+    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
+    questions = _status_questions(raw.info.server_version, transaction_id, server)
+    cursor = _plain_cursor(raw)
+    try:
+        question = next(questions)
+        while True:
+            try:
+                cursor.execute(question)
+                answer = cursor.fetchone()
+            except Exception as error:
+                question = questions.throw(error)
+            else:
+                question = questions.send(answer)
+    except StopIteration as end:
+        return str(end.value)
+    finally:
+        cursor.close()
+        raw.rollback()
 
 
 def _describe(exc: BaseException) -> str:

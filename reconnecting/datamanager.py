@@ -196,7 +196,8 @@ class TwoPhaseDataManager(ConnectionDataManager):
         #: The prepared transaction's id: :data:`GID_PREFIX`, the Zope
         #: transaction's random name, and this connection's number in it.
         self.gid = f"{GID_PREFIX}{self._siblings.name}:{self._number}"
-        self._state = "active"  # then "preparing", "prepared", "finished"
+        # "active", then "preparing", "prepared", and "finished" or "in doubt"
+        self._state = "active"
         self._xid: Any = None  # the database transaction's id, once known
 
     def tpc_vote(self, txn: Any) -> None:
@@ -257,7 +258,9 @@ class TwoPhaseDataManager(ConnectionDataManager):
                 error = exc
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                reason = "unreachable; it stays prepared until committed"
+                self._state = "in doubt"  # for somebody to commit: no abort
+                why = "unreachable" if isinstance(error, Retry) else "busy"
+                reason = f"{why}; it stays prepared until committed"
                 raise CommitOutcomeUnknown(self.gid, reason) from error
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, 0.5)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import shutil
 import signal
 import sys
@@ -68,15 +70,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " database: none may be lost or booked twice.",
     )
     parser.add_argument(
-        "transfers", nargs="?", type=int, default=10000, help="default: 10000"
+        "transfers", nargs="?", type=int, default=5000, help="default: 5000"
     )
     parser.add_argument("--driver", choices=("psycopg2", "psycopg"), default="psycopg2")
     parser.add_argument(
         "--fault-rate",
         type=float,
-        default=0.005,
+        default=0.01,
         metavar="RATE",
-        help="faults per transfer (default: 0.005, one in two hundred)",
+        help="faults per transfer (default: 0.01, one in a hundred)",
     )
     parser.add_argument(
         "--no-resolve",
@@ -119,8 +121,17 @@ class Progress:
 
     def _write(self, text: str) -> None:
         with self._lock:
-            self.out.write(text)
-            self.out.flush()
+            if self.out.closed:
+                return
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except BrokenPipeError:
+                # Piped into `head`: carry on unseen (the exit status still
+                # tells), with nothing more to print, not even at exit.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.out.fileno())
+                os.close(devnull)
 
     def say(self, line: str) -> None:
         """Print a line (above the bar, on a terminal)."""
@@ -149,7 +160,8 @@ class Progress:
         bar_width = max(10, min(40, columns - len(text) - 4))
         filled = bar_width * self.done // self.total
         line = f"[{'#' * filled}{'.' * (bar_width - filled)}] {text}"
-        self._write("\r\x1b[2K" + line[: columns - 1])
+        # Room left at the end of the line for the terminal's "^C".
+        self._write("\r\x1b[2K" + line[: columns - 3])
 
     def _redraw_often(self) -> None:
         while not self._stop.wait(0.1):
@@ -198,10 +210,12 @@ class Demo:
     def describe(self) -> str:
         server = self.pg.server
         if self.can_restart:
-            where = f"{server.version}, in {server.directory}"
+            version = re.search(r"\) (\S+)", server.version or "")
+            name = f"PostgreSQL {version.group(1)}" if version else "PostgreSQL"
+            where = f"{name} in {server.directory}"
         else:
-            where = "the server named by RECONNECTING_TEST_SERVER (not restarted)"
-        return f"Server: {where}; proxy on {self.proxy.host}:{self.proxy.port}."
+            where = "the one named by RECONNECTING_TEST_SERVER (not restarted)"
+        return f"Server: {where}\nProxy: {self.proxy.host}:{self.proxy.port}"
 
     def tear_down(self) -> None:
         if self.restarting is not None:
@@ -350,16 +364,15 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     )
     progress = Progress(args.transfers, out)
     demo = Demo(args, progress)
-    mode = "without" if args.no_resolve else "with"
     try:
         started = time.monotonic()
         progress.say("Starting a throwaway PostgreSQL server and a fault proxy...")
         demo.set_up()
         progress.say(demo.describe())
         progress.say(
-            f"Booking {args.transfers} transfers with {args.driver}, {mode}"
-            f" commit resolution, {round(args.transfers * args.fault_rate)}"
-            " faults on the way."
+            f"Booking {args.transfers} transfers ({args.driver},"
+            f" resolve_commit={not args.no_resolve}),"
+            f" {round(args.transfers * args.fault_rate)} faults:"
         )
         progress.start()
         demo.run()

@@ -13,6 +13,7 @@ management screens.  :mod:`reconnecting.adapter` implements them.
 """
 
 # ruff: noqa: N802, N805
+# mypy: disable-error-code="misc"
 # Interface methods keep Zope's camelCase names and, as zope.interface
 # requires, are declared without ``self``.
 

@@ -64,7 +64,7 @@ def test_ctrl_c_leaves_nothing_behind():
             line = demo.stdout.readline()
             assert line, "the demo ended early:\n" + "".join(lines)
             lines.append(line)
-        directory = re.search(r", in (/\S+);", "".join(lines)).group(1)
+        directory = re.search(r" in (/\S+)\n", "".join(lines)).group(1)
         with open(os.path.join(directory, "data", "postmaster.pid")) as f:
             postmaster = int(f.readline())
         demo.send_signal(signal.SIGINT)

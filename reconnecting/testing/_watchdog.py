@@ -112,8 +112,8 @@ def _command(pid: int, directory: str) -> bytes | None:
 
 
 def _stop(pids: set[int], directory: str) -> None:
-    targets = {pid: _command(pid, directory) for pid in pids}
-    targets = {pid: program for pid, program in targets.items() if program}
+    commands = {pid: _command(pid, directory) for pid in pids}
+    targets = {pid: program for pid, program in commands.items() if program}
     for pid, program in targets.items():
         # SIGQUIT is a postmaster's immediate shutdown; for others, SIGTERM.
         postgres = program.startswith(b"postgres")

@@ -135,7 +135,8 @@ class Cluster(Server):
     @property
     def pid(self) -> int | None:
         """The process id of the running server (the postmaster), or None."""
-        return self._proc.pid if self.running else None
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _as_server_user(self) -> dict[str, Any]:
         if self._account is None:
@@ -155,8 +156,10 @@ class Cluster(Server):
         )
 
     def _chown(self, *paths: str) -> None:
-        for path in paths if self._account else ():
-            os.chown(path, *self._account)
+        account = self._account
+        if account is not None:
+            for path in paths:
+                os.chown(path, *account)
 
     def create(self) -> None:
         """Make the cluster directory and run ``initdb``, once."""
@@ -177,6 +180,7 @@ class Cluster(Server):
 
     def _start_watchdog(self) -> None:
         pid_file = os.path.join(self.data_dir, "postmaster.pid")
+        assert self.directory is not None  # made by create()
         self._watchdog, self._pipe = start_watchdog(self.directory, pid_file)
 
     def _prepare_directory(self) -> int:
@@ -185,6 +189,7 @@ class Cluster(Server):
         os.mkdir(self.data_dir, 0o700)
         os.mkdir(self.socket_dir, 0o700)
         open(self.log_path, "ab").close()
+        assert self.directory is not None  # made by create()
         self._chown(self.directory, self.data_dir, self.socket_dir, self.log_path)
         try:  # also proves the server user can reach the binaries
             result = self._run(os.path.join(self.bindir, "postgres"), "--version")
@@ -273,6 +278,7 @@ class Cluster(Server):
                     **self._as_server_user(),
                 )
             try:
+                assert self._pipe is not None  # made with the directory
                 os.write(self._pipe, b"%d\n" % self._proc.pid)  # for the watchdog
             except OSError:
                 pass
@@ -284,6 +290,7 @@ class Cluster(Server):
 
     def _wait_until_ready(self, deadline: float) -> None:
         while True:
+            assert self._proc is not None
             if (code := self._proc.poll()) is not None:
                 self._proc = None
                 problem = f"exited with code {code} while starting"
@@ -353,8 +360,9 @@ class Cluster(Server):
                 return self.stop(mode, timeout)
             except TimeoutError:
                 pass
-        self._proc.kill()
-        self._proc.wait()
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
         self._proc = None
 
     def destroy(self) -> None:

@@ -143,7 +143,8 @@ class PgBouncer:
     @property
     def pid(self) -> int | None:
         """Its process id while it runs, else None."""
-        return self._proc.pid if self.running else None
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def _create(self) -> None:
         if self._closed:
@@ -199,7 +200,7 @@ class PgBouncer:
             self._create()
             self._write_config()
             account = self._account
-            as_user = {}
+            as_user: dict[str, Any] = {}
             if account is not None:
                 as_user = {"user": account[0], "group": account[1], "extra_groups": []}
             with open(self.log_path, "ab") as log:
@@ -213,6 +214,7 @@ class PgBouncer:
                     **as_user,
                 )
             try:
+                assert self._pipe is not None  # made with the directory
                 os.write(self._pipe, b"%d\n" % self._proc.pid)  # for the watchdog
             except OSError:
                 pass
@@ -220,6 +222,7 @@ class PgBouncer:
 
     def _wait_until_ready(self, deadline: float) -> None:
         while True:
+            assert self._proc is not None
             if (code := self._proc.poll()) is not None:
                 self._proc = None
                 problem = f"exited with code {code} while starting"
@@ -255,8 +258,9 @@ class PgBouncer:
             self._proc = None
 
     def _kill(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
         self._proc = None
 
     def restart(self) -> None:

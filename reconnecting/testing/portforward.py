@@ -423,6 +423,7 @@ class PortForwardTestSetup:
 
     def _connect(self) -> socket.socket:
         host, port = self.target_host, self.target_port
+        assert host is not None, "setUp() sets the target"
         if host.startswith("/"):
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

@@ -34,15 +34,19 @@ class Server:
     """What ``PgTestSetup`` needs of a server: ``Cluster`` or ``ExistingServer``."""
 
     host: str
-    port: int
+    port: int | None
     user: str
-    running = True
     _fast_clone = False  # FILE_COPY checkpoints: fine on a throwaway cluster only
 
     def __init__(self) -> None:
         self._template_lock = threading.Lock()
         self._template_ready = False
         self._version_num: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the server runs; an existing server always does."""
+        return True
 
     def admin_connect(self, dbname: str | None = None) -> Any:
         """Return a new autocommit psycopg2 connection with the rights to manage
@@ -192,7 +196,7 @@ class ExistingServer(Server):
     port = property(lambda self: self._resolve(1), doc="The server's port.")
     user = property(lambda self: self._resolve(2), doc="The role connected as.")
 
-    def start(self, *args: Any) -> None:
+    def start(self, *args: Any, **kwargs: Any) -> None:
         """Raise ``RuntimeError``: an existing server cannot be controlled."""
         raise RuntimeError(
             f"Stopping and starting the server needs a throwaway cluster, but "

@@ -71,17 +71,30 @@ class Standby(Cluster):
         if result.returncode != 0:
             output = result.stdout + result.stderr
             raise RuntimeError(f"pg_basebackup failed ({result.returncode}):\n{output}")
+        self._forget_synchronous_standbys()
         self.port = _free_port()
         self.name = f"standby_{self.port}"
+
+    def _forget_synchronous_standbys(self) -> None:
+        # The primary's own synchronous standbys came with the base backup
+        # (ALTER SYSTEM): once promoted, this server must not wait for them.
+        # Edited in place, so that the file keeps its owner.
+        with open(os.path.join(self.data_dir, "postgresql.auto.conf"), "r+") as f:
+            lines = f.readlines()
+            f.seek(0)
+            f.writelines(
+                line for line in lines if not line.startswith("synchronous_standby")
+            )
+            f.truncate()
 
     def _server_command(self) -> list[str]:
         command = super()._server_command()
         settings = {
             "hot_standby": "on",
             "cluster_name": self.name,  # the walreceiver's application_name
-            # A primary's own synchronous standbys came with the base backup
-            # (ALTER SYSTEM): once promoted, this server must not wait for them.
-            "synchronous_standby_names": "",
+            # Retry a lost primary at once rather than after 5 s, and notice
+            # a promotion request as soon.
+            "wal_retrieve_retry_interval": "50ms",
         }
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
