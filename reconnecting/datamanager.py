@@ -158,7 +158,11 @@ class ConnectionDataManager:
         self._connection._left(txn)
 
     def tpc_abort(self, txn: Any) -> None:
-        """Roll back, as :meth:`abort` (a commit made by the vote stays)."""
+        """Roll back, as :meth:`abort` (a commit made by the vote stays, and
+        is logged as an error)."""
+        if self.committed:
+            # Whoever retries the transaction now applies this part twice.
+            log.error("%s committed before the transaction failed", self.name)
         self.abort(txn)
 
     def sortKey(self) -> str:  # noqa: N802 (transaction API)

@@ -294,7 +294,9 @@ def run(tm, unit_of_work, tries=3):
     return runs
 
 
-def test_one_phase_never_retries_after_a_sibling_committed(pair, tm, proxy, direct):
+def test_one_phase_never_retries_after_a_sibling_committed(
+    pair, tm, proxy, direct, caplog
+):
     first, last = pair()
 
     def unit_of_work(runs):
@@ -309,9 +311,10 @@ def test_one_phase_never_retries_after_a_sibling_committed(pair, tm, proxy, dire
     assert "Retry: OperationalError:" in error.value.reason
     assert not isinstance(error.value, Retry)
     assert isinstance(error.value.__cause__, Retry)
-    assert str(proxy.port) in str(error.value) and str(pg_port(first)) in str(
-        error.value
-    )
+    message = str(error.value)
+    assert str(proxy.port) in message and str(pg_port(first)) in message
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged == [f"{first.redacted_dsn} committed before the transaction failed"]
 
 
 def pg_port(adapter):

@@ -1,7 +1,9 @@
 """The forwarding of one connection through ``PortForwardTestSetup``.
 
 A ``_Link`` joins a client's socket to the server's, with a ``_Flow`` each
-way, and applies the proxy's faults to the bytes as they pass.  To cut a
+way, and applies the faults in force to the bytes as they pass.  All it
+knows of the proxy is a ``_Switchboard``: the selector, the live links and
+delayed flows, and the faults.  To cut a
 connection at the moment of a ``COMMIT``, it follows the PostgreSQL
 messages the client sends, and while the trap is swallowing replies, those
 the server sends.  Everything here runs under the proxy's lock, in the
@@ -15,10 +17,7 @@ import selectors
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from reconnecting.testing.portforward import PortForwardTestSetup
+from collections.abc import Callable
 
 _CHUNK = 65536
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -41,6 +40,34 @@ def _is_commit(sql: bytes) -> bool:
     return sql.lstrip().upper().startswith((b"COMMIT", b"END"))
 
 
+class _Switchboard:
+    """What the links of one proxy share, and the faults in force.
+
+    The proxy sets the faults; the links read them, register their sockets
+    with ``selector``, and keep ``links`` and ``waiting`` up to date.
+    """
+
+    def __init__(self) -> None:
+        self.selector: selectors.BaseSelector | None = None  # while listening
+        self.links: set[_Link] = set()
+        self.waiting: set[_Flow] = set()  # flows with delayed chunks
+        self.blackhole = False
+        self.latency = 0.0
+        self.cut_after: int | None = None  # for links made from now on
+        self.commit_trap: bool | None = None  # armed: whether to deliver
+        self.on_commit_cut: Callable[[], None] | None = None
+        self.commit_cuts = 0
+
+    def claim_commit(self) -> bool | None:
+        """Disarm the commit trap; whether to deliver, or None if unarmed."""
+        deliver, self.commit_trap = self.commit_trap, None
+        if deliver is not None:
+            self.commit_cuts += 1
+            if self.on_commit_cut is not None:
+                self.on_commit_cut()
+        return deliver
+
+
 class _Flow:
     """The bytes going one way, and those waiting to be sent."""
 
@@ -57,13 +84,13 @@ class _Link:
     """One forwarded connection.  Every method runs under the proxy's lock."""
 
     def __init__(
-        self, proxy: PortForwardTestSetup, client: socket.socket, server: socket.socket
+        self, board: _Switchboard, client: socket.socket, server: socket.socket
     ) -> None:
-        self.proxy, self.client, self.server = proxy, client, server
+        self.board, self.client, self.server = board, client, server
         self.up, self.down = _Flow(self, client, server), _Flow(self, server, client)
         self.closed = self.ending = False
         self.sent = 0  # bytes forwarded to the client
-        self.cut_at = proxy._cut_after  # value of ``sent`` at which to cut
+        self.cut_at = board.cut_after  # value of ``sent`` at which to cut
         self.swallow = 0  # commit trap: ReadyForQuery messages still to discard
         # Client -> server framing: bytes left of the current message (and
         # whether the server answers it), its start if unfinished, TLS.
@@ -86,8 +113,8 @@ class _Link:
             self._want(sock, reads | writes, (self, rflow, wflow))
 
     def _want(self, sock: socket.socket, mask: int, data: tuple) -> None:
-        old, selector = self._masks[sock], self.proxy._selector
-        if mask != old:
+        old, selector = self._masks[sock], self.board.selector
+        if mask != old and selector is not None:
             if not old:
                 selector.register(sock, mask, data)
             elif not mask:
@@ -112,8 +139,8 @@ class _Link:
         _shutdown(self.server, socket.SHUT_RDWR)
         self.client.close()
         self.server.close()
-        self.proxy._links.discard(self)
-        self.proxy._waiting.difference_update((self.up, self.down))
+        self.board.links.discard(self)
+        self.board.waiting.difference_update((self.up, self.down))
 
     def end(self) -> None:
         """Close once what is on its way has been delivered."""
@@ -132,9 +159,9 @@ class _Link:
             data = b""
         if not data:
             return self.end()
-        proxy = self.proxy
+        board = self.board
         if flow is self.up:
-            if proxy._blackhole or self.swallow:
+            if board.blackhole or self.swallow:
                 self._opaque = True  # bytes lost: the framing is lost too
                 return
             data, commit, deliver, answered = self._frame(data)
@@ -149,15 +176,15 @@ class _Link:
                 if self._swallow(data):
                     self.close()  # the server has answered the COMMIT: cut
                 return
-            if proxy._blackhole:
+            if board.blackhole:
                 return
             if self.cut_at is not None and self.cut_at - self.sent <= len(data):
                 data = data[: max(self.cut_at - self.sent, 0)]
                 self.ending = True
             self.sent += len(data)
-        if data and proxy._latency:
-            flow.delayed.append((time.monotonic() + proxy._latency, data))
-            proxy._waiting.add(flow)
+        if data and board.latency:
+            flow.delayed.append((time.monotonic() + board.latency, data))
+            board.waiting.add(flow)
         elif data:
             self.write(flow, data)
         if self.ending and not self.closed:
@@ -210,7 +237,7 @@ class _Link:
         buf = self._tail + data
         pos, end, sent = self._skip, len(buf), len(self._tail) - self._unsent
         answered = int(bool(pos) and self._answers)
-        armed = self.proxy._commit_trap is not None
+        armed = self.board.commit_trap is not None
         while pos < end:
             if self._startup:  # untyped packets: length, then a code
                 if end - pos < 8:
@@ -236,7 +263,7 @@ class _Link:
                     if stop > end:
                         break  # hold the query back until it is whole
                     if _is_commit(buf[pos + 5 : stop - 1]):
-                        deliver = self.proxy._claim_commit()
+                        deliver = self.board.claim_commit()
                         if deliver is not None:
                             return buf[sent:pos], buf[pos:stop], deliver, answered
             if stop > end:

@@ -24,7 +24,13 @@ import threading
 import time
 from types import TracebackType
 
-from reconnecting.testing.forwarding import _READ, _WRITE, _Flow, _Link, _shutdown
+from reconnecting.testing.forwarding import (
+    _READ,
+    _WRITE,
+    _Link,
+    _shutdown,
+    _Switchboard,
+)
 from reconnecting.testing.partition import Partition
 
 _JOIN_SECONDS = 5.0
@@ -85,33 +91,31 @@ class PortForwardTestSetup:
         self.port: int = port
         #: Connections accepted since the proxy was made.
         self.accepted: int = 0
-        #: How many times the ``cut_on_commit()`` trap has fired.
-        self.commit_cuts: int = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._links: set[_Link] = set()
-        self._waiting: set[_Flow] = set()  # flows with delayed chunks
-        self._blackhole = False
-        self._latency = 0.0
-        self._cut_after: int | None = None
-        self._commit_trap: bool | None = None  # armed: whether to deliver
-        self._go_down = False  # stop listening when the trap fires
+        self._board = _Switchboard()  # the links' view of this proxy
         self._partition = Partition(self._address, address.version == 6)
 
     @property
     def connections(self) -> int:
         """The number of connections being forwarded now."""
-        return len(self._links)
+        return len(self._board.links)
+
+    @property
+    def commit_cuts(self) -> int:
+        """How many times the ``cut_on_commit()`` trap has fired."""
+        return self._board.commit_cuts
 
     def __repr__(self) -> str:
-        trap = self._commit_trap
+        board = self._board
+        trap = board.commit_trap
         notes = [
             "listening" if self._thread is not None else "stopped",
-            f"{self.connections} connections" if self._links else "",
-            "blackhole" if self._blackhole else "",
+            f"{self.connections} connections" if board.links else "",
+            "blackhole" if board.blackhole else "",
             "partitioned" if self._partition.rules else "",
-            f"latency={self._latency}" if self._latency else "",
-            "" if self._cut_after is None else f"cut_after={self._cut_after}",
+            f"latency={board.latency}" if board.latency else "",
+            "" if board.cut_after is None else f"cut_after={board.cut_after}",
             "" if trap is None else f"cut_on_commit(deliver={trap})",
         ]
         target = f"{self.target_host}:{self.target_port}"
@@ -162,7 +166,7 @@ class PortForwardTestSetup:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._listener, self._stopping = listener, False
-        self._selector = selectors.DefaultSelector()
+        self._selector = self._board.selector = selectors.DefaultSelector()
         self._selector.register(listener, _READ, self._accept)
         self._selector.register(self._wake_r, _READ, self._drain)
         self._thread = threading.Thread(
@@ -189,11 +193,12 @@ class PortForwardTestSetup:
             if thread.is_alive():
                 raise RuntimeError(f"{self!r}: the forwarding thread did not stop")
             with self._lock:
-                for link in list(self._links):
+                for link in list(self._board.links):
                     link.close()
                 for sock in (self._listener, self._wake_r, self._wake_w):
                     sock.close()
                 self._selector.close()
+                self._board.selector = None
                 self._thread = None
         self.restore()
 
@@ -205,7 +210,7 @@ class PortForwardTestSetup:
         New connections work.
         """
         with self._lock:
-            for link in list(self._links):
+            for link in list(self._board.links):
                 link.close()
 
     def reset(self) -> None:
@@ -217,7 +222,7 @@ class PortForwardTestSetup:
         an orderly close.  The proxy keeps listening.
         """
         with self._lock:
-            for link in list(self._links):
+            for link in list(self._board.links):
                 link.close(rst=True)
 
     def blackhole(self) -> None:
@@ -231,7 +236,7 @@ class PortForwardTestSetup:
         keepalives and ``tcp_user_timeout`` on the client cannot detect it;
         a truly half-open link needs packets dropped by the kernel.
         """
-        self._blackhole = True
+        self._board.blackhole = True
 
     def latency(self, seconds: float) -> None:
         """Deliver every chunk of data ``seconds`` after it arrives.
@@ -241,7 +246,7 @@ class PortForwardTestSetup:
         """
         if seconds < 0:
             raise ValueError("latency must be 0 or more seconds")
-        self._latency = float(seconds)
+        self._board.latency = float(seconds)
 
     def cut_after(self, nbytes: int) -> None:
         """Cut every connection after ``nbytes`` more bytes from the server.
@@ -254,8 +259,8 @@ class PortForwardTestSetup:
         if nbytes < 0:
             raise ValueError("nbytes must be 0 or more")
         with self._lock:
-            self._cut_after = nbytes
-            for link in self._links:
+            self._board.cut_after = nbytes
+            for link in self._board.links:
                 link.cut_at = link.sent + nbytes
 
     def cut_on_commit(self, deliver: bool = True, *, go_down: bool = False) -> None:
@@ -279,8 +284,8 @@ class PortForwardTestSetup:
         refused) until ``tearDown()`` and ``setUp()``.
         """
         with self._lock:
-            self._commit_trap = bool(deliver)
-            self._go_down = go_down
+            self._board.commit_trap = bool(deliver)
+            self._board.on_commit_cut = self._stop_listening if go_down else None
 
     def restore(self) -> None:
         """End blackhole, latency, ``cut_after()``, an unfired commit trap, and
@@ -290,9 +295,10 @@ class PortForwardTestSetup:
         stay lost, and delayed ones are still delivered.
         """
         with self._lock:
-            self._blackhole, self._latency = False, 0.0
-            self._cut_after = self._commit_trap = None
-            for link in self._links:
+            board = self._board
+            board.blackhole, board.latency = False, 0.0
+            board.cut_after = board.commit_trap = None
+            for link in board.links:
                 link.cut_at = None
         self.heal()
 
@@ -353,23 +359,18 @@ class PortForwardTestSetup:
         """
         return Partition.unavailable(ipv6)
 
-    def _claim_commit(self) -> bool | None:
-        """Disarm the trap (the lock is held); None if it was not armed."""
-        deliver, self._commit_trap = self._commit_trap, None
-        if deliver is not None:
-            self.commit_cuts += 1
-            if self._go_down:
-                self._selector.unregister(self._listener)
-                self._listener.close()
-        return deliver
+    def _stop_listening(self) -> None:
+        """Refuse new connections until the next ``setUp()`` (lock held)."""
+        self._selector.unregister(self._listener)
+        self._listener.close()
 
     def _run(self) -> None:
         selector = self._selector
         while True:
             with self._lock:
                 timeout = None
-                if self._waiting:
-                    due = min(flow.delayed[0][0] for flow in self._waiting)
+                if self._board.waiting:
+                    due = min(flow.delayed[0][0] for flow in self._board.waiting)
                     timeout = max(due - time.monotonic(), 0)
             events = selector.select(timeout)
             with self._lock:
@@ -384,17 +385,18 @@ class PortForwardTestSetup:
                         link.flush(wflow)
                     if mask & _READ and not link.closed:
                         link.read(rflow)
-                if self._waiting:
+                if self._board.waiting:
                     self._deliver_delayed()
 
     def _deliver_delayed(self) -> None:
         now = time.monotonic()
-        for flow in list(self._waiting):
+        waiting = self._board.waiting
+        for flow in list(waiting):
             link = flow.link
             while flow.delayed and flow.delayed[0][0] <= now and not link.closed:
                 link.write(flow, flow.delayed.popleft()[1])
             if not flow.delayed:
-                self._waiting.discard(flow)
+                waiting.discard(flow)
                 if link.ending and not link.closed:
                     link.end()
 
@@ -419,7 +421,7 @@ class PortForwardTestSetup:
             return
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setblocking(False)
-        self._links.add(_Link(self, client, server))
+        self._board.links.add(_Link(self._board, client, server))
 
     def _connect(self) -> socket.socket:
         host, port = self.target_host, self.target_port
