@@ -16,14 +16,14 @@ from helpers import python_output
 from zope.interface.verify import verifyObject
 
 from reconnecting import CommitOutcomeUnknown, Retry
-from reconnecting.adapter import (
+from reconnecting.adapter import ReconnectingDatabaseAdapter
+from reconnecting.datamanager import (
+    GID_PREFIX,
     ConnectionDataManager,
     PartialCommitError,
-    ReconnectingDatabaseAdapter,
     TwoPhaseDataManager,
-    parse_dsn,
 )
-from reconnecting.datamanager import GID_PREFIX
+from reconnecting.dsn import parse_dsn
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
