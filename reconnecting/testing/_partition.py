@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 
+__all__ = ["Partition"]
+
 _NO_ROOT = "dropping packets in the kernel needs root (CAP_NET_ADMIN)"
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 _partitioned: set[Partition] = set()  # those with rules in place
