@@ -52,3 +52,11 @@ def alive(pid):
         return False
     # The state letter follows the command name, which is in parentheses.
     return not stat[stat.rfind(b")") + 2 :].startswith(b"Z")
+
+
+def firewall_rules(port):
+    """The iptables INPUT rules that mention *port*, as ``iptables -S`` lists them."""
+    listed = subprocess.run(
+        ["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, check=True
+    )
+    return [line for line in listed.stdout.splitlines() if f" {port} " in line]
