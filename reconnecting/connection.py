@@ -242,8 +242,14 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
     sqlstate = _sqlstate(exc)
     if raw_connection is None:
         # Connecting: only "nobody is there (yet)" counts, never a refusal.
+        # A SQLSTATE here comes from a query the factory ran after connecting.
         if sqlstate is not None:
-            return sqlstate.startswith("08") or sqlstate in ("57P03", "53300")
+            return (
+                sqlstate.startswith("08")
+                or sqlstate in DISCONNECT_SQLSTATES
+                or sqlstate == "53300"
+                or _ends_session(exc)
+            )
         return not _says(exc, REFUSAL_MESSAGES) and _says(exc, UNREACHABLE_MESSAGES)
     if sqlstate is not None and (
         sqlstate.startswith("08") or sqlstate in DISCONNECT_SQLSTATES
@@ -601,6 +607,7 @@ class ReconnectingConnection:
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
+        self._entered: Any | None = None  # psycopg2 connection in a with block
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -777,7 +784,12 @@ class ReconnectingConnection:
             _close_quietly(raw)
 
     def __enter__(self) -> ReconnectingConnection:
-        self._connection()
+        raw = self._connection()
+        if not _is_psycopg3(raw):
+            # psycopg2 opens a transaction in a block even in autocommit
+            # mode; its own __enter__ tells it so.
+            raw.__enter__()
+            self._entered = raw
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -798,6 +810,11 @@ class ReconnectingConnection:
             except Exception as error:  # keep the block's own exception
                 log.warning("Rollback at the end of a block failed: %s", error)
         finally:
+            entered, self._entered = self._entered, None
+            if entered is not None and entered is self._raw:
+                # It ends nothing now (the transaction is over); it only
+                # tells psycopg2 that the block is over.
+                self._raw.__exit__(None, None, None)
             if closing:
                 self.close()
 
@@ -1147,16 +1164,17 @@ def _id_query(server_version: int, ask_server: bool) -> str:
 
 def _status_questions(
     server_version: int, transaction_id: str, server: tuple[Any, ...]
-) -> Generator[str, Any, str]:
+) -> Generator[tuple[str, tuple[()]], Any, str]:
     """The rules for what became of a transaction, as questions to the server.
 
-    Yields queries (without parameters, so that any cursor class runs them),
-    is sent the first row of each answer (or thrown its error), and returns
-    'committed', 'aborted', 'in progress', or why the server cannot tell.
+    Yields ``(query, params)`` (params always empty: the id is written
+    into the query, so that any cursor class runs it), is sent the first
+    row of each answer (or thrown its error), and returns 'committed',
+    'aborted', 'in progress', or why the server cannot tell.
     """
     if not transaction_id.isdigit():
         return "not a transaction id"  # it goes into the query as it is
-    now = yield f"SELECT {_SERVER}"
+    now = yield f"SELECT {_SERVER}", ()
     if now[0] != server[0]:
         return "reconnected to another cluster, which cannot tell"
     if server_version >= 130000:
@@ -1164,7 +1182,7 @@ def _status_questions(
     else:
         query = f"SELECT txid_status({transaction_id})"
     try:
-        (status,) = yield query
+        (status,) = yield query, ()
     except Exception as error:
         if _sqlstate(error) != "22023":
             raise
@@ -1192,7 +1210,7 @@ def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) 
         question = next(questions)
         while True:
             try:
-                cursor.execute(question)
+                cursor.execute(*question)
                 answer = cursor.fetchone()
             except Exception as error:
                 question = questions.throw(error)
