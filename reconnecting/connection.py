@@ -380,14 +380,15 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
-        connection = self._connection
-        raw = connection._raw  # None while disconnected or closed
-        if raw is None or raw is not self._raw_connection:
+        # None (disconnected, closed) is never the cursor's connection.
+        raw = self._connection._raw
+        if raw is not self._raw_connection:
             return self._run(name, *args, **kwargs)  # (re)connect, new cursor
         raw_cursor = self._raw_cursor
         try:
             result = getattr(raw_cursor, name)(*args, **kwargs)
         except Exception as exc:
+            connection = self._connection
             if connection._closed or not _is_outage(exc, raw):
                 raise
             raise connection._lost(raw, exc) from exc
@@ -397,6 +398,31 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
     return method
+
+
+def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
+    """Like ``_server_method``, for the fetches that take no argument."""
+
+    def method(self: ReconnectingCursor) -> Any:
+        raw = self._connection._raw
+        if raw is not self._raw_connection:
+            return self._run(name)
+        try:
+            return getattr(self._raw_cursor, name)()
+        except Exception as exc:
+            connection = self._connection
+            if connection._closed or not _is_outage(exc, raw):
+                raise
+            raise connection._lost(raw, exc) from exc
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
+# A cursor's server connection before it has one, and after close(): never
+# the connection's, so the hot path's one identity check sends it the slow way.
+_NO_CONNECTION: Any = object()
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
@@ -420,7 +446,7 @@ class ReconnectingCursor:
         self._connection = connection
         self._args = args
         self._kwargs = kwargs
-        self._raw_connection: Any | None = None
+        self._raw_connection: Any = _NO_CONNECTION
         self._raw_cursor: Any | None = None
         self._settings: dict[str, Any] = {}
         self._kept: _KeptResult | None = None
@@ -460,10 +486,10 @@ class ReconnectingCursor:
     execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
     executemany = _server_method("executemany", "Run a query for each parameter set.")
     callproc = _server_method("callproc", "Call a stored procedure.")
-    fetchone = _server_method("fetchone", "Return the next row, or ``None``.")
+    fetchone = _fetch_method("fetchone", "Return the next row, or ``None``.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
-    fetchall = _server_method("fetchall", "Return the remaining rows.")
-    __next__ = _server_method("__next__", "Return the next row.")
+    fetchall = _fetch_method("fetchall", "Return the remaining rows.")
+    __next__ = _fetch_method("__next__", "Return the next row.")
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -473,7 +499,7 @@ class ReconnectingCursor:
         self._closed = True
         self._kept = None
         raw_cursor, self._raw_cursor = self._raw_cursor, None
-        self._raw_connection = None
+        self._raw_connection = _NO_CONNECTION
         if raw_cursor is not None:
             _close_quietly(raw_cursor)
 
