@@ -12,7 +12,11 @@ project = "reconnecting"
 version = release = reconnecting.__version__
 html_title = f"{project} {release}"
 copyright = "2007-2026, the reconnecting authors"
-extensions = ["sphinx.ext.autodoc"]
+extensions = [
+    "sphinx.ext.autodoc",
+    # autointerface: zope.interface interfaces, with their attributes and methods.
+    "repoze.sphinx.autointerface",
+]
 html_theme = "furo"
 exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"

@@ -36,7 +36,6 @@ except ModuleNotFoundError as exc:
 from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
 from reconnecting.datamanager import (
     ConnectionDataManager,
-    PartialCommitError,
     TwoPhaseDataManager,
     roll_back_prepared,
 )
@@ -48,14 +47,10 @@ from reconnecting.interfaces import (
 )
 
 __all__ = [
-    "ConnectionDataManager",  # from reconnecting.datamanager
     "DRIVERS",
-    "PartialCommitError",  # from reconnecting.datamanager
     "ReconnectingDatabaseAdapter",
-    "TwoPhaseDataManager",  # from reconnecting.datamanager
     "ZopeConnection",
     "ZopeCursor",
-    "parse_dsn",  # from reconnecting.dsn
 ]
 
 log = logging.getLogger("reconnecting")
@@ -258,9 +253,9 @@ class ZopeConnection:
             current.join(manager(self, self._transaction_manager, current))
             self._joined = current
 
-    def _roll_back_prepared(self, gid: str) -> None:
-        """Roll back the prepared transaction ``gid`` now, or else before the
-        next transaction joins."""
+    def roll_back_prepared(self, gid: str) -> None:
+        """Roll back the prepared transaction ``gid`` now or, if the server
+        cannot be reached, before the next transaction joins."""
         self._leftovers.add(gid)
         try:
             roll_back_prepared(self._connection, gid)
@@ -272,7 +267,9 @@ class ZopeConnection:
         else:
             self._leftovers.discard(gid)
 
-    def _left(self, finished: Any) -> None:
+    def leave(self, finished: Any) -> None:
+        """Forget the transaction ``finished``, if joined to it: the next
+        use of a cursor joins the current one.  Its data manager calls this."""
         if self._joined is finished:
             self._joined = None
 

@@ -18,19 +18,18 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from transaction.interfaces import IRetryDataManager
 from zope.interface import implementer
 
-from reconnecting.connection import CommitOutcomeUnknown, Retry
-
-if TYPE_CHECKING:  # not at run time: reconnecting.adapter imports this module
-    import reconnecting.adapter
+from reconnecting.connection import CommitOutcomeUnknown, ReconnectingConnection, Retry
 
 __all__ = [
     "GID_PREFIX",
+    "AdapterSettings",
     "ConnectionDataManager",
+    "JoinedConnection",
     "PartialCommitError",
     "TwoPhaseDataManager",
 ]
@@ -40,6 +39,39 @@ log = logging.getLogger("reconnecting")
 #: How every prepared transaction of the adapter is named: this prefix, the
 #: Zope transaction's own random id, ``:`` and the connection's number in it.
 GID_PREFIX = "reconnecting:"
+
+
+class AdapterSettings(Protocol):
+    """What a data manager reads of the adapter's settings."""
+
+    #: Seconds to wait for the server to tell what became of a commit.
+    resolve_timeout: float
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN without passwords, naming the connection in messages."""
+
+
+class JoinedConnection(Protocol):
+    """What a data manager needs of the connection it joined a transaction for.
+
+    :class:`~reconnecting.adapter.ZopeConnection` provides it; a data
+    manager knows its connection through these members only.
+    """
+
+    @property
+    def connection(self) -> ReconnectingConnection:
+        """The connection whose database transaction is committed."""
+
+    def getTypeInfo(self) -> AdapterSettings:  # noqa: N802 (Zope API)
+        """The adapter: its ``redacted_dsn`` and ``resolve_timeout``."""
+
+    def leave(self, txn: Any) -> None:
+        """Forget ``txn``, if joined to it: the next use joins anew."""
+
+    def roll_back_prepared(self, gid: str) -> None:
+        """Roll back the prepared transaction ``gid``, now or, if the server
+        cannot be reached, before the next transaction joins."""
 
 
 class PartialCommitError(Exception):
@@ -86,8 +118,7 @@ def _siblings(txn: Any) -> _Siblings:
 
 @implementer(IRetryDataManager)
 class ConnectionDataManager:
-    """Takes part, for one :class:`~reconnecting.adapter.ZopeConnection`, in one
-    transaction.
+    """Takes part, for one :class:`JoinedConnection`, in one transaction.
 
     The database transaction is committed in :meth:`tpc_vote` and rolled
     back by :meth:`abort` and :meth:`tpc_abort`.
@@ -97,7 +128,7 @@ class ConnectionDataManager:
 
     def __init__(
         self,
-        connection: reconnecting.adapter.ZopeConnection,
+        connection: JoinedConnection,
         transaction_manager: Any,
         txn: Any,
     ) -> None:
@@ -117,9 +148,9 @@ class ConnectionDataManager:
 
     def abort(self, txn: Any) -> None:
         """Roll back; doing it again does no harm."""
-        self._connection._left(txn)
-        if not self._connection.closed:  # closing rolled back already
-            self._connection.rollback()
+        self._connection.leave(txn)
+        if not self._connection.connection.closed:  # closing rolled back already
+            self._connection.connection.rollback()
 
     def tpc_begin(self, txn: Any) -> None:
         """Nothing to prepare."""
@@ -137,7 +168,7 @@ class ConnectionDataManager:
         connection of the transaction committed already.
         """
         try:
-            self._connection.commit()
+            self._connection.connection.commit()
         except Exception as exc:
             self._refuse_partial_retry(exc)
             raise
@@ -155,7 +186,7 @@ class ConnectionDataManager:
 
     def tpc_finish(self, txn: Any) -> None:
         """Forget the finished transaction."""
-        self._connection._left(txn)
+        self._connection.leave(txn)
 
     def tpc_abort(self, txn: Any) -> None:
         """Roll back, as :meth:`abort` (a commit made by the vote stays, and
@@ -192,7 +223,7 @@ class TwoPhaseDataManager(ConnectionDataManager):
 
     def __init__(
         self,
-        connection: reconnecting.adapter.ZopeConnection,
+        connection: JoinedConnection,
         transaction_manager: Any,
         txn: Any,
     ) -> None:
@@ -238,7 +269,7 @@ class TwoPhaseDataManager(ConnectionDataManager):
         try:
             self._commit_prepared()
         finally:
-            self._connection._left(txn)
+            self._connection.leave(txn)
 
     def _commit_prepared(self) -> None:
         deadline = time.monotonic() + self._connection.getTypeInfo().resolve_timeout
@@ -296,7 +327,7 @@ class TwoPhaseDataManager(ConnectionDataManager):
                     self._commit_prepared()
                 else:
                     self._state = "finished"
-                    self._connection._roll_back_prepared(self.gid)
+                    self._connection.roll_back_prepared(self.gid)
         finally:
             super().abort(txn)
 

@@ -19,11 +19,7 @@ management screens.  :mod:`reconnecting.adapter` implements them.
 
 from __future__ import annotations
 
-import inspect
-import textwrap
-
 from zope.interface import Attribute, Interface
-from zope.interface.interface import InterfaceClass, Method
 
 __all__ = [
     "DatabaseException",
@@ -198,31 +194,3 @@ class IZopeCursor(IDBICursor):
     def executemany(operation, seq_of_parameters):
         """Join the connection to the current transaction, then execute
         once for each set of parameters."""
-
-
-def _list_members(interface: InterfaceClass) -> None:
-    """Add the interface's bases and own members to its docstring."""
-    # Sphinx's autodoc shows an interface's docstring but not its members.
-    parts = [inspect.cleandoc(interface.__doc__ or "")]
-    bases = [base.__name__ for base in interface.__bases__ if base is not Interface]
-    if bases:
-        parts.append("Extends " + ", ".join(f":class:`{name}`" for name in bases) + ".")
-    for name, member in interface.namesAndDescriptions():
-        signature = member.getSignatureString() if isinstance(member, Method) else ""
-        doc = textwrap.indent(inspect.cleandoc(member.getDoc()), "    ")
-        parts.append(f"``{name}{signature}``\n{doc}")
-    interface.__doc__ = "\n\n".join(parts) + "\n"
-
-
-for _interface in (
-    IDBITypeInfo,
-    IDBITypeInfoProvider,
-    IDBICursor,
-    IDBIConnection,
-    IZopeDatabaseAdapter,
-    IZopeDatabaseAdapterManagement,
-    IManageableZopeDatabaseAdapter,
-    IZopeConnection,
-    IZopeCursor,
-):
-    _list_members(_interface)

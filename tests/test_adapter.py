@@ -6,25 +6,24 @@ Real server, real proxy, real transactions; no mocks.
 import io
 import os
 import re
-import subprocess
-import sys
 import threading
 from urllib.parse import quote_plus
 
 import psycopg2
 import pytest
 import transaction
+from helpers import python_output
 from zope.interface.verify import verifyObject
 
 from reconnecting import CommitOutcomeUnknown, Retry
-from reconnecting.adapter import (
+from reconnecting.adapter import ReconnectingDatabaseAdapter
+from reconnecting.datamanager import (
+    GID_PREFIX,
     ConnectionDataManager,
     PartialCommitError,
-    ReconnectingDatabaseAdapter,
     TwoPhaseDataManager,
-    parse_dsn,
 )
-from reconnecting.datamanager import GID_PREFIX
+from reconnecting.dsn import parse_dsn
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
@@ -61,24 +60,17 @@ def joined(tm):
 # -- imports ------------------------------------------------------------------
 
 
-def run_python(code):
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
-
-
 def test_the_core_imports_neither_zope_nor_transaction():
     code = (
         "import sys, reconnecting; print(sorted(m for m in sys.modules"
         " if m.split('.')[0] in ('zope', 'transaction')))"
     )
-    assert run_python(code) == "[]"
+    assert python_output(code) == "[]"
 
 
 def test_the_adapter_imports_the_driver_only_to_connect():
     code = "import sys, reconnecting.adapter; print('psycopg2' in sys.modules)"
-    assert run_python(code) == "False"
+    assert python_output(code) == "False"
 
 
 # -- interfaces ---------------------------------------------------------------

@@ -5,21 +5,11 @@ Each check runs in a new interpreter, whose modules and logging are
 untouched by the test session.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
+from helpers import run_python
+
 from reconnecting.testing.server import SERVER_ENV
-
-
-def run_python(script, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        **kwargs,
-    )
 
 
 def test_import_reconnecting_imports_neither_zope_nor_transaction():
@@ -82,13 +72,13 @@ def test_an_outage_prints_nothing_when_logging_is_not_configured(pg):
     """
     # The child uses this session's server, rather than making its own.
     server = pg.server
-    env = dict(os.environ)
+    env = {}
     if hasattr(server, "socket_dir"):
         env[SERVER_ENV] = f"host={server.socket_dir} port={server.port} user=postgres"
-    result = run_python(script, env=env)
+    result = run_python(script, **env)
     assert (result.stdout, result.stderr) == ("1 1\n", "")
     # The same with logging configured: the warning is there.
     configured = "import logging; logging.basicConfig()\n" + textwrap.dedent(script)
-    result = run_python(configured, env=env)
+    result = run_python(configured, **env)
     assert result.stdout == "1 1\n"
     assert "WARNING:reconnecting:Database connection lost" in result.stderr

@@ -12,37 +12,10 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from helpers import alive, child_env, run_python
 
 from reconnecting.testing import pgsql, wait_until
 from reconnecting.testing.pgsql import Cluster, PgTestSetup
-
-ROOT = Path(pgsql.__file__).resolve().parents[2]
-
-
-def process_gone(pid):
-    """True when *pid* no longer runs (gone, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 :].startswith(b"Z")
-
-
-def child_env(**extra):
-    """The environment for a Python child process that imports the package."""
-    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
-
-
-def run_python(code, **env):
-    """Run *code* in a fresh interpreter that can import the package."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=child_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +118,7 @@ def test_cluster_methods_are_safe_to_call_twice():
         assert cluster.pid == pid
         cluster.stop()
         cluster.stop()
-        assert not cluster.running and process_gone(pid)
+        assert not cluster.running and not alive(pid)
         cluster.start()
         cluster.restart()
         cluster.restart()
@@ -282,7 +255,7 @@ def test_destroy_stops_the_server_and_removes_the_directory():
     pid, directory = cluster.pid, cluster.directory
     assert os.path.isdir(os.path.join(directory, "data"))
     cluster.destroy()
-    assert process_gone(pid) and not os.path.exists(directory)
+    assert not alive(pid) and not os.path.exists(directory)
     assert cluster._watchdog.wait(30) == 0
     cluster.destroy()  # idempotent
     with pytest.raises(RuntimeError, match="destroyed"):
@@ -310,13 +283,13 @@ def test_a_killed_test_process_leaves_nothing_behind():
     try:
         pid, directory = child.stdout.readline().split()
         pid = int(pid)
-        assert not process_gone(pid) and os.path.isdir(directory)
+        assert alive(pid) and os.path.isdir(directory)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
-    wait_until(lambda: process_gone(pid) and not os.path.exists(directory))
-    assert process_gone(pid)
+    wait_until(lambda: not alive(pid) and not os.path.exists(directory))
+    assert not alive(pid)
     assert not os.path.exists(directory)
 
 

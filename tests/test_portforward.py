@@ -1,15 +1,21 @@
 """The fault-injecting proxy, against a real PostgreSQL server (no mocks)."""
 
 import os
+import signal
 import socket
 import statistics
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
 import psycopg2
 import pytest
+from helpers import child_env, firewall_rules
 
+from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.portforward import PortForwardTestSetup
 from reconnecting.testing.waiting import wait_until
 
@@ -480,3 +486,63 @@ def test_leaves_no_thread_or_file_descriptor(pg):
     for conn in conns:
         conn.close()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# -- the watchdog that undoes a partition() ----------------------------------
+
+
+@pytest.mark.parametrize("cleaned_up", [False, True])
+def test_the_watchdog_undoes_unless_told_it_is_done(tmp_path, cleaned_up):
+    undone = tmp_path / "undone"
+    command = [sys.executable, "-c", f"open({str(undone)!r}, 'w').close()"]
+    watchdog, pipe = start_watchdog(None, undo=[command])
+    if cleaned_up:
+        os.write(pipe, b"done\n")
+    os.close(pipe)  # as when the test process dies, if not done
+    assert watchdog.wait() == 0
+    assert undone.exists() is not cleaned_up
+
+
+CANNOT_PARTITION = PortForwardTestSetup.partition_unavailable()
+needs_partition = pytest.mark.skipif(
+    CANNOT_PARTITION is not None, reason=f"cannot partition: {CANNOT_PARTITION}"
+)
+
+
+@needs_partition
+def test_heal_removes_the_rules_and_ends_the_watchdog(proxy):
+    proxy.partition()
+    watchdog, _ = proxy._partition._watchdog
+    assert len(firewall_rules(proxy.port)) == 2
+    proxy.heal()
+    assert firewall_rules(proxy.port) == []
+    assert watchdog.returncode == 0  # ended and reaped by heal()
+
+
+@needs_partition
+def test_a_killed_process_leaves_no_rule_behind():
+    # Its proxy forwards to a port nobody listens on: no connection is made.
+    script = """
+        import threading
+        from reconnecting.testing import PortForwardTestSetup
+        proxy = PortForwardTestSetup("127.0.0.1", 9)
+        proxy.setUp()
+        proxy.partition()
+        print(proxy.port, flush=True)
+        threading.Event().wait(300)
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(child.stdout.readline())
+        assert len(firewall_rules(port)) == 2
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    wait_until(lambda: not firewall_rules(port))
+    assert firewall_rules(port) == []

@@ -1,47 +1,62 @@
-"""Clean up a throwaway server's directory and processes when the test process dies.
+"""Clean up after the test process when it dies: a server's directory and
+processes, or commands that undo what it did (firewall rules).
 
 Started by ``start_watchdog()`` (for a ``Cluster``, a standby, a
-``PgBouncer``) as a separate process in its own session::
+``PgBouncer``, a ``partition()``) as a separate process in its own session::
 
-    python -m reconnecting.testing._watchdog FD DIRECTORY [PIDFILE ...]
+    python reconnecting/testing/_watchdog.py FD JSON
 
 ``FD`` is the read end of a pipe whose write end only the test process
-holds.  The test process writes the pid of each server process it starts,
-one line each.  End of file means the test process is gone (even if it was
-SIGKILLed): the watchdog then stops those processes, and those named by the
-PIDFILEs (a start not reported yet) that still run a command naming
-``DIRECTORY``: a postmaster with SIGQUIT (immediate shutdown, which ends its
-backends too), anything else with SIGTERM, and SIGKILL for what lingers.
-Then it removes ``DIRECTORY``.  After a normal clean-up the test process
-closes the pipe last, so there is nothing left to do.
+holds; ``JSON`` holds ``directory``, ``pid_files`` and ``undo``.  The test
+process writes the pid of each server process it starts, one line each, or
+the line ``done`` once it has cleaned up itself.  End of file without
+``done`` means the test process is gone (even if it was SIGKILLed): the
+watchdog then runs the ``undo`` commands, stops the reported processes and
+those named by the ``pid_files`` (a start not reported yet) that still run
+a command naming ``directory``: a postmaster with SIGQUIT (immediate
+shutdown, which ends its backends too), anything else with SIGTERM, and
+SIGKILL for what lingers.  Then it removes ``directory``.  After a normal
+clean-up the test process closes the pipe last, so there is nothing left
+to do.
 
 Stdlib only, so it runs by file path without the package being importable.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 GRACE_SECONDS = 5.0
 
 
-def start_watchdog(directory: str, *pid_files: str) -> tuple[subprocess.Popen, int]:
-    """Start a watchdog for *directory*; return it and the pipe's write end.
+def start_watchdog(
+    directory: str | None, *pid_files: str, undo: Sequence[Sequence[str]] = ()
+) -> tuple[subprocess.Popen, int]:
+    """Start a watchdog for *directory* (if any) and the *undo* commands;
+    return it and the pipe's write end.
 
-    Write each server pid to the pipe (``b"%d\\n"``); close it last, after
-    stopping the servers and removing *directory* yourself.
+    Write each server pid to the pipe (``b"%d\\n"``), or ``b"done\\n"`` once
+    nothing is left to undo; close it last, after stopping the servers and
+    removing *directory* yourself.
     """
+    spec = {
+        "directory": directory,
+        "pid_files": list(pid_files),
+        "undo": [list(command) for command in undo],
+    }
     read_end, write_end = os.pipe()
     os.set_inheritable(write_end, False)  # only we may hold it, no child of ours
     try:
         watchdog = subprocess.Popen(
             [sys.executable, "-I", os.path.abspath(__file__), str(read_end)]
-            + [directory, *pid_files],
+            + [json.dumps(spec)],
             pass_fds=(read_end,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -57,9 +72,9 @@ def start_watchdog(directory: str, *pid_files: str) -> tuple[subprocess.Popen, i
     return watchdog, write_end
 
 
-def _read_until_eof(fd: int) -> list[int]:
-    """Collect the pids the test process reports, until end of file."""
-    pids: list[int] = []
+def _read_until_eof(fd: int) -> list[bytes]:
+    """Collect the lines the test process writes, until end of file."""
+    lines: list[bytes] = []
     buffer = b""
     with os.fdopen(fd, "rb", buffering=0) as pipe:
         while True:
@@ -68,10 +83,10 @@ def _read_until_eof(fd: int) -> list[int]:
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
             if not chunk:
-                return pids
+                return lines
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            pids.extend(int(line) for line in lines if line.strip().isdigit())
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(line.strip() for line in complete)
 
 
 def _pid_file_pid(path: str) -> int | None:
@@ -142,22 +157,38 @@ def _remove(path: str) -> None:
         time.sleep(0.01)
 
 
+def _undo(commands: list[list[str]]) -> None:
+    for command in commands:
+        try:
+            subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2:
-        print(
-            "usage: python -m reconnecting.testing._watchdog FD DIRECTORY [PIDFILE...]",
-            file=sys.stderr,
-        )
+    if len(args) != 2:
+        print("usage: python _watchdog.py FD JSON", file=sys.stderr)
         return 2
-    fd, directory, pid_files = int(args[0]), args[1], args[2:]
+    fd, spec = int(args[0]), json.loads(args[1])
     # Terminal signals must not stop us before the clean-up.
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    pids = set(_read_until_eof(fd))
-    pids.update(filter(None, map(_pid_file_pid, pid_files)))
-    _stop(pids, directory)
-    _remove(directory)
+    lines = _read_until_eof(fd)
+    if b"done" in lines:
+        return 0
+    _undo(spec["undo"])
+    directory = spec["directory"]
+    if directory is not None:
+        pids = {int(line) for line in lines if line.isdigit()}
+        pids.update(filter(None, map(_pid_file_pid, spec["pid_files"])))
+        _stop(pids, directory)
+        _remove(directory)
     return 0
 
 

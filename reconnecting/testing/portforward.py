@@ -10,8 +10,8 @@ One thread runs a selector loop over non-blocking sockets.  (Measured: it
 costs less per round trip than a thread per direction, because the thread
 that forwards a query also receives the reply.)  The fault methods run in
 the caller's thread, under the same lock as the loop's work.  Each
-connection's bytes go through ``reconnecting/testing/forwarding.py``;
-``partition()`` is in ``reconnecting/testing/partition.py``.
+connection's bytes go through ``reconnecting/testing/_forwarding.py``;
+``partition()`` is in ``reconnecting/testing/_partition.py``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import threading
 import time
 from types import TracebackType
 
-from reconnecting.testing.forwarding import (
-    _READ,
-    _WRITE,
-    _Link,
-    _shutdown,
-    _Switchboard,
+from reconnecting.testing._forwarding import (
+    READ,
+    WRITE,
+    Link,
+    Switchboard,
+    shutdown,
 )
-from reconnecting.testing.partition import Partition
+from reconnecting.testing._partition import Partition
 
 _JOIN_SECONDS = 5.0
 _CONNECT_SECONDS = 5.0
@@ -93,7 +93,7 @@ class PortForwardTestSetup:
         self.accepted: int = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._board = _Switchboard()  # the links' view of this proxy
+        self._board = Switchboard()  # the links' view of this proxy
         self._partition = Partition(self._address, address.version == 6)
 
     @property
@@ -167,8 +167,8 @@ class PortForwardTestSetup:
         self._wake_r.setblocking(False)
         self._listener, self._stopping = listener, False
         self._selector = self._board.selector = selectors.DefaultSelector()
-        self._selector.register(listener, _READ, self._accept)
-        self._selector.register(self._wake_r, _READ, self._drain)
+        self._selector.register(listener, READ, self._accept)
+        self._selector.register(self._wake_r, READ, self._drain)
         self._thread = threading.Thread(
             target=self._run, name=f"portforward-{self.port}", daemon=True
         )
@@ -381,9 +381,9 @@ class PortForwardTestSetup:
                         key.data()
                         continue
                     link, rflow, wflow = key.data
-                    if mask & _WRITE and not link.closed:
+                    if mask & WRITE and not link.closed:
                         link.flush(wflow)
-                    if mask & _READ and not link.closed:
+                    if mask & READ and not link.closed:
                         link.read(rflow)
                 if self._board.waiting:
                     self._deliver_delayed()
@@ -416,12 +416,12 @@ class PortForwardTestSetup:
         try:
             server = self._connect()
         except OSError:  # the server is down: so is this connection
-            _shutdown(client, socket.SHUT_RDWR)
+            shutdown(client, socket.SHUT_RDWR)
             client.close()
             return
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.setblocking(False)
-        self._board.links.add(_Link(self._board, client, server))
+        self._board.links.add(Link(self._board, client, server))
 
     def _connect(self) -> socket.socket:
         host, port = self.target_host, self.target_port

@@ -3,19 +3,21 @@
 A ``Partition`` puts two ``iptables`` rules in place on the loopback
 interface, dropping the TCP packets to and from one address and port, and
 takes them away again.  Rules still in place when the process ends are
-removed then, and a small watchdog process removes them even when the
-process is killed outright.
+removed then, and the watchdog process of ``_watchdog.py`` removes them
+even when the process is killed outright.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
+
+from reconnecting.testing._watchdog import start_watchdog
+
+__all__ = ["Partition"]
 
 _NO_ROOT = "dropping packets in the kernel needs root (CAP_NET_ADMIN)"
 _SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -48,29 +50,6 @@ def _run_firewall(ipv6: bool, *args: str) -> None:
     raise RuntimeError(f"{' '.join(command)} failed: {message}")
 
 
-# Run by the watchdog: wait until the test process closes the pipe (or dies),
-# then remove the rules unless it said it removed them itself.
-_WATCHDOG = """
-import json, subprocess, sys
-command, rules = json.loads(sys.argv[1])
-healed = sys.stdin.buffer.read() == b"healed"
-for rule in [] if healed else rules:
-    subprocess.run([*command, "-D", *rule], capture_output=True)
-"""
-
-
-def _start_watchdog(ipv6: bool, rules: list[list[str]]) -> subprocess.Popen:
-    """Start a process that removes ``rules`` if this process dies first."""
-    command = [_firewall(ipv6), "-w"]
-    return subprocess.Popen(
-        [sys.executable, "-I", "-c", _WATCHDOG, json.dumps([command, rules])],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # a Ctrl-C for the tests is not for it
-    )
-
-
 @atexit.register
 def _heal_all() -> None:
     # Never leave a rule behind, even when a test forgot heal() and tearDown().
@@ -89,7 +68,8 @@ class Partition:
         self._lock = threading.Lock()
         #: The rules in place, as ``iptables`` arguments after ``-I`` or ``-D``.
         self.rules: list[list[str]] = []
-        self._watchdog: subprocess.Popen | None = None
+        # Removes the rules if this process dies with them in place.
+        self._watchdog: tuple[subprocess.Popen, int] | None = None
 
     @staticmethod
     def unavailable(ipv6: bool = False) -> str | None:
@@ -112,7 +92,8 @@ class Partition:
         with self._lock:
             if self.rules:
                 return
-            self._watchdog = _start_watchdog(self._ipv6, rules)
+            undo = [[_firewall(self._ipv6), "-w", "-D", *rule] for rule in rules]
+            self._watchdog = start_watchdog(None, undo=undo)
             try:
                 for rule in rules:
                     _run_firewall(self._ipv6, "-I", *rule)
@@ -145,6 +126,11 @@ class Partition:
 
     def _stop_watchdog(self) -> None:
         """Tell the watchdog the rules are gone, and wait for it to end."""
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:
-            watchdog.communicate(b"healed", timeout=30)
+        if self._watchdog is None:
+            return
+        (watchdog, pipe), self._watchdog = self._watchdog, None
+        try:
+            os.write(pipe, b"done\n")
+        finally:
+            os.close(pipe)
+        watchdog.wait(30)

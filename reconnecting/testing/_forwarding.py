@@ -1,8 +1,8 @@
 """The forwarding of one connection through ``PortForwardTestSetup``.
 
-A ``_Link`` joins a client's socket to the server's, with a ``_Flow`` each
+A ``Link`` joins a client's socket to the server's, with a ``_Flow`` each
 way, and applies the faults in force to the bytes as they pass.  All it
-knows of the proxy is a ``_Switchboard``: the selector, the live links and
+knows of the proxy is a ``Switchboard``: the selector, the live links and
 delayed flows, and the faults.  To cut a
 connection at the moment of a ``COMMIT``, it follows the PostgreSQL
 messages the client sends, and while the trap is swallowing replies, those
@@ -19,8 +19,10 @@ import struct
 import time
 from collections.abc import Callable
 
+__all__ = ["READ", "WRITE", "Link", "Switchboard", "shutdown"]
+
 _CHUNK = 65536
-_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, timeout 0: close() sends RST
 _INT32 = struct.Struct("!i")
 _STARTUP = struct.Struct("!ii")  # length, then protocol version or request code
@@ -29,7 +31,7 @@ _QUERY, _READY = ord("Q"), ord("Z")
 _ANSWERED = frozenset(b"QSF")  # Query, Sync, FunctionCall: one ReadyForQuery each
 
 
-def _shutdown(sock: socket.socket, how: int) -> None:
+def shutdown(sock: socket.socket, how: int) -> None:
     try:
         sock.shutdown(how)
     except OSError:  # the peer may be gone already
@@ -40,7 +42,7 @@ def _is_commit(sql: bytes) -> bool:
     return sql.lstrip().upper().startswith((b"COMMIT", b"END"))
 
 
-class _Switchboard:
+class Switchboard:
     """What the links of one proxy share, and the faults in force.
 
     The proxy sets the faults; the links read them, register their sockets
@@ -49,7 +51,7 @@ class _Switchboard:
 
     def __init__(self) -> None:
         self.selector: selectors.BaseSelector | None = None  # while listening
-        self.links: set[_Link] = set()
+        self.links: set[Link] = set()
         self.waiting: set[_Flow] = set()  # flows with delayed chunks
         self.blackhole = False
         self.latency = 0.0
@@ -71,7 +73,7 @@ class _Switchboard:
 class _Flow:
     """The bytes going one way, and those waiting to be sent."""
 
-    def __init__(self, link: _Link, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, link: Link, src: socket.socket, dst: socket.socket) -> None:
         self.link, self.src, self.dst = link, src, dst
         self.out = bytearray()  # not yet accepted by ``dst``
         self.delayed: collections.deque[tuple[float, bytes]] = collections.deque()
@@ -80,11 +82,11 @@ class _Flow:
         return not self.out and not self.delayed
 
 
-class _Link:
+class Link:
     """One forwarded connection.  Every method runs under the proxy's lock."""
 
     def __init__(
-        self, board: _Switchboard, client: socket.socket, server: socket.socket
+        self, board: Switchboard, client: socket.socket, server: socket.socket
     ) -> None:
         self.board, self.client, self.server = board, client, server
         self.up, self.down = _Flow(self, client, server), _Flow(self, server, client)
@@ -108,8 +110,8 @@ class _Link:
             (self.client, self.up, self.down),
             (self.server, self.down, self.up),
         ):
-            reads = 0 if self.ending or rflow.out else _READ
-            writes = _WRITE if wflow.out else 0
+            reads = 0 if self.ending or rflow.out else READ
+            writes = WRITE if wflow.out else 0
             self._want(sock, reads | writes, (self, rflow, wflow))
 
     def _want(self, sock: socket.socket, mask: int, data: tuple) -> None:
@@ -135,8 +137,8 @@ class _Link:
             except OSError:  # already reset by the client: nothing to abort
                 pass
         else:  # FIN now: close() alone sends RST if bytes are left unread
-            _shutdown(self.client, socket.SHUT_RDWR)
-        _shutdown(self.server, socket.SHUT_RDWR)
+            shutdown(self.client, socket.SHUT_RDWR)
+        shutdown(self.server, socket.SHUT_RDWR)
         self.client.close()
         self.server.close()
         self.board.links.discard(self)
