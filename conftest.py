@@ -2,15 +2,20 @@
 docstrings runs as a test, each page against a fresh test database."""
 
 import importlib
+import inspect
 import os
 import re
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 
 from sybil import Sybil
 from sybil.evaluators.doctest import OutputChecker
-from sybil.parsers.rest import DocTestParser, PythonCodeBlockParser, SkipParser
+from sybil.parsers.rest import PythonCodeBlockParser, SkipParser
 
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+from reconnecting.testing._doctest_asyncio import (
+    AwaitingDocTestParser,
+    close_event_loop,
+)
 
 # Every page runs under either driver; CI runs the suite once with each.
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
@@ -38,9 +43,12 @@ def tear_down_page(namespace: dict) -> None:
             ("reconnecting", "psycopg2", "psycopg")
         ):
             try:
-                value.close()
+                closing = value.close()
+                if inspect.isawaitable(closing):  # an asyncio object
+                    namespace["_event_loop"].run_until_complete(closing)
             except Exception:
                 pass
+    close_event_loop(namespace)
     namespace["_pgtestsetup"].tearDown()
 
 
@@ -60,7 +68,8 @@ class DriverNeutralChecker(OutputChecker):
         return super().check_output(want, got, optionflags)
 
 
-doctests = DocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE)
+# Examples may await: asyncio.rst runs in its page's event loop.
+doctests = AwaitingDocTestParser(optionflags=ELLIPSIS | NORMALIZE_WHITESPACE)
 doctests.string_parser.evaluator.runner._checker = DriverNeutralChecker()
 
 pytest_collect_file = Sybil(

@@ -28,7 +28,7 @@ nitpick_ignore_regex = [
     # The sys.exc_info() triple, spelled out in Retry's docstring.
     ("py:class", r"ExcInfo"),
     # Not documented here (no intersphinx); in wait_until()'s signature.
-    ("py:class", r"collections\.abc\.Callable"),
+    ("py:class", r"collections\.abc\.(Callable|Awaitable|AsyncIterator)"),
     # In attempts()'s signature; Attempt's private constructor argument.
     ("py:class", r"collections\.abc\.Iterator"),
     ("py:class", r"_AttemptLoop"),

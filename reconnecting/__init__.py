@@ -29,8 +29,12 @@ if TYPE_CHECKING:
     from reconnecting.adapter import (
         ReconnectingDatabaseAdapter as ReconnectingDatabaseAdapter,
     )
+    from reconnecting.aio import (
+        AsyncReconnectingConnection as AsyncReconnectingConnection,
+    )
 
 __all__ = [
+    "AsyncReconnectingConnection",
     "Attempt",
     "CommitOutcomeUnknown",
     "DisconnectedConnectionError",
@@ -46,7 +50,10 @@ __all__ = [
 # stderr, through Python's handler of last resort.
 logging.getLogger("reconnecting").addHandler(logging.NullHandler())
 
-_LAZY = {"ReconnectingDatabaseAdapter": "reconnecting.adapter"}
+_LAZY = {
+    "AsyncReconnectingConnection": "reconnecting.aio",  # imports asyncio
+    "ReconnectingDatabaseAdapter": "reconnecting.adapter",
+}
 
 
 def __getattr__(name: str) -> Any:

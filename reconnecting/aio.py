@@ -1,0 +1,946 @@
+"""The asyncio twin of :mod:`reconnecting.connection`, over psycopg 3.
+
+:class:`AsyncReconnectingConnection` keeps the contract of
+:class:`~reconnecting.connection.ReconnectingConnection` with ``await``: an
+outage makes the call that finds it raise :class:`~reconnecting.Retry`,
+the connection refuses work until ``await db.rollback()``, and then the
+same connection and cursor objects carry on over a new server connection.
+The rules that tell an outage from any other error, resolve an interrupted
+commit, shape ``transaction()`` blocks and pace :func:`attempts` are the
+sync module's, imported from it: copy both files to use this one.
+
+A task cancelled in the middle of a call that talks to the server (by
+``task.cancel()`` or ``asyncio.timeout()``) leaves the connection as an
+outage does, minus the :class:`~reconnecting.Retry`: the server connection
+is closed, and the connection refuses work until ``rollback()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from reconnecting.connection import (
+    _CONNECT_GRACE,
+    _REFUSED,
+    Attempt,
+    CommitOutcomeUnknown,
+    DisconnectedConnectionError,
+    Retry,
+    _AttemptLoop,
+    _check_setting,
+    _describe,
+    _id_query,
+    _is_outage,
+    _plain_cursor,
+    _refusal,
+    _status_questions,
+    _TransactionBlock,
+    is_disconnection,
+    log,
+)
+
+__all__ = [
+    "AsyncAttempt",
+    "AsyncReconnectingConnection",
+    "AsyncReconnectingCursor",
+    "CommitOutcomeUnknown",
+    "Retry",
+    "attempts",
+]
+
+# Session settings of psycopg 3's AsyncConnection: each is set by an
+# awaited set_<name>() method, since it may need a round trip.
+_SESSION_SETTINGS = frozenset(
+    {"autocommit", "isolation_level", "read_only", "deferrable"}
+)
+
+
+def _work_refused(why: str) -> Retry:
+    error = DisconnectedConnectionError(why)
+    return Retry((DisconnectedConnectionError, error, None))
+
+
+class AsyncReconnectingConnection:
+    """An asyncio connection that reconnects after ``await rollback()``.
+
+    ``connection_factory`` is called with no arguments whenever a server
+    connection is needed, and returns an awaitable of one, for instance
+    ``lambda: psycopg.AsyncConnection.connect(dsn)``.  Session settings made
+    through this object (``await set_autocommit()``,
+    ``set_isolation_level()``, ``set_read_only()``, ``set_deferrable()``,
+    and attributes such as ``prepare_threshold``) are remembered, one value
+    per setting, and applied to every new server connection.
+    ``resolve_commit`` and ``resolve_timeout`` mean what they mean for the
+    sync connection, and the timeout bounds the whole resolution,
+    connecting included.
+    """
+
+    def __init__(
+        self,
+        connection_factory: Callable[[], Awaitable[Any]],
+        *,
+        resolve_commit: bool = False,
+        resolve_timeout: float = 10.0,
+    ) -> None:
+        self._factory = connection_factory
+        self._resolve_commit = resolve_commit
+        self._resolve_timeout = resolve_timeout
+        self._raw: Any | None = None  # None unless connected
+        self._last_raw: Any | None = None
+        self._refusal: str | None = None  # why work is refused until rollback
+        self._closed = False
+        self._settings: dict[str, Any] = {}
+        self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
+        self._blocks: list[_AsyncTransactionBlock] = []  # transaction() blocks open
+        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
+        self._round_trip = 0.0  # seconds, measured before the last COMMIT
+        self._connecting = asyncio.Lock()
+        self._disconnects = 0
+        self._reconnects = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def disconnects(self) -> int:
+        """How many times a lost server connection was noticed."""
+        return self._disconnects
+
+    @property
+    def reconnects(self) -> int:
+        """How many server connections were made after the first one."""
+        return self._reconnects
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._refusal is not None:
+            return "disconnected"
+        return "connected" if self._raw is not None else "not connected"
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} {self._state()} at {id(self):#x}>"
+
+    def _closed_error(self, what: str = "connection") -> Exception:
+        error_class = getattr(self._last_raw, "InterfaceError", None)
+        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
+            error_class = DisconnectedConnectionError
+        return error_class(f"{what} already closed")
+
+    async def _connection(self) -> Any:
+        """Return the current server connection, making one if needed."""
+        raw = self._raw
+        if raw is not None:
+            return raw
+        # One connect at a time: tasks sharing the connection wait for it.
+        async with self._connecting:
+            if self._closed:
+                raise self._closed_error()
+            if self._refusal is not None:
+                raise _work_refused(self._refusal)
+            if self._raw is None:
+                raw = await self._connect()
+                if self._closed:  # closed while connecting
+                    await _close_quietly(raw)
+                    raise self._closed_error()
+                self._install(raw)
+            return self._raw
+
+    def _install(self, raw: Any) -> None:
+        """Make ``raw`` the current server connection."""
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._raw, self._last_raw, self._refusal = raw, raw, None
+
+    async def _open(self) -> Any:
+        """Make a server connection with the remembered settings."""
+        raw = await self._factory()
+        try:
+            for name, value in list(self._settings.items()):
+                if name in _SESSION_SETTINGS:
+                    await getattr(raw, f"set_{name}")(value)
+                else:
+                    setattr(raw, name, value)
+        except BaseException:
+            await _close_quietly(raw)
+            raise
+        return raw
+
+    async def _connect(self) -> Any:
+        try:
+            return await self._open()
+        except Exception as exc:
+            if not is_disconnection(exc, None):
+                raise
+            self._refusal = "Already disconnected"
+            self._disconnects += 1
+            log.warning("Could not reconnect to the database: %s", _describe(exc))
+            raise Retry((type(exc), exc, exc.__traceback__)) from exc
+
+    async def _lost(self, raw: Any, exc: Exception) -> Retry:
+        """Enter the disconnected state if ``raw`` is still the current one."""
+        if self._raw is raw:
+            self._raw, self._refusal = None, "Already disconnected"
+            self._disconnects += 1
+            log.warning("Database connection lost: %s", _describe(exc))
+            await _close_quietly(raw)
+        return Retry((type(exc), exc, exc.__traceback__))
+
+    def _interrupted(self, raw: Any, what: str = "call") -> None:
+        """A task was cancelled while ``raw`` worked for it: drop ``raw``.
+
+        psycopg has asked the server to stop the query; whatever the
+        transaction did goes with the server connection, so work is refused
+        until ``rollback()``, as after an outage.
+        """
+        if self._raw is raw:
+            self._raw = None
+            self._refusal = f"Interrupted by cancellation during a {what}"
+            log.info("Cancelled during a %s; closing the server connection", what)
+        _close_now(raw)
+
+    async def _call(self, function: Callable[[Any], Any]) -> Any:
+        """Await ``function(raw_connection)``, turning outages into Retry."""
+        raw = await self._connection()
+        try:
+            result = function(raw)
+            return await result if inspect.isawaitable(result) else result
+        except Exception as exc:
+            if self._closed or not _is_outage(exc, raw):
+                raise
+            raise await self._lost(raw, exc) from exc
+        except BaseException:  # cancelled
+            self._interrupted(raw)
+            raise
+
+    async def _iterate(
+        self, start: Callable[[Any], AsyncIterator[Any]], what: str
+    ) -> AsyncIterator[Any]:
+        """Yield from the driver's ``start(raw_connection)``, with Retry."""
+        raw = await self._connection()
+        items = start(raw)
+        try:
+            while True:
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    if self._closed or not _is_outage(exc, raw):
+                        raise
+                    raise await self._lost(raw, exc) from exc
+                except BaseException:
+                    self._interrupted(raw, what)
+                    raise
+                yield item
+        finally:
+            aclose = getattr(items, "aclose", None)
+            try:
+                if aclose is not None:
+                    await aclose()
+            except Exception:
+                pass  # broken with its connection; closing only frees it
+
+    # -- DB-API, with await -----------------------------------------------------
+
+    def cursor(self, *args: Any, **kwargs: Any) -> AsyncReconnectingCursor:
+        """Return a cursor that follows this connection across reconnects."""
+        if self._closed:
+            raise self._closed_error()
+        cursor = AsyncReconnectingCursor(self, args, kwargs)
+        self._cursors.add(cursor)
+        return cursor
+
+    async def execute(
+        self, query: Any, params: Any = None, **kwargs: Any
+    ) -> AsyncReconnectingCursor:
+        """Run a query on a new cursor and return it, as psycopg's does."""
+        return await self.cursor().execute(query, params, **kwargs)
+
+    async def commit(self) -> None:
+        """Commit; raises :class:`~reconnecting.Retry` if the server
+        connection is lost.
+
+        With ``resolve_commit``, a commit interrupted after the transaction
+        wrote something is resolved by the sync connection's rules: normal
+        return if the server committed it (results already received stay
+        readable), :class:`~reconnecting.Retry` if it rolled it back,
+        :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell in
+        time.  The answer comes within ``resolve_timeout`` seconds plus the
+        time one connection and question take (estimated from the round
+        trip measured just before ``COMMIT``), and the server is asked at
+        least once; a connection attempt or a question still going on then
+        is abandoned.
+        """
+        if self._raw is None and self._refusal is None and not self._closed:
+            return  # nothing was done, so there is nothing to commit
+        if self._blocks:
+            raise self._blocks[-1].misuse("commit")
+        raw = await self._connection()
+        written = None
+        try:
+            if self._resolve_commit:
+                written = await self._transaction_id(raw)
+            await raw.commit()
+        except Exception as exc:
+            if self._closed or not _is_outage(exc, raw):
+                raise
+            retry = await self._lost(raw, exc)
+            if written is None:
+                raise retry from exc  # nothing was written: safe to redo
+            await self._resolve(*written, retry, exc)
+            for cursor in list(self._cursors):
+                cursor._keep(raw)
+        except BaseException:
+            if written is not None:
+                log.warning(
+                    "Commit of transaction %s cancelled; its outcome is unknown",
+                    written[0],
+                )
+            self._interrupted(raw, "commit")
+            raise
+
+    async def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
+        """Return the open transaction's id and server, if it wrote anything."""
+        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+        if raw.info.transaction_status in (0, 3):
+            return None
+        known = self._server
+        ask_server = known is None or known[0] is not raw
+        started = time.monotonic()
+        row = await _query_row(raw, _id_query(raw.info.server_version, ask_server))
+        self._round_trip = time.monotonic() - started
+        if ask_server or known is None:
+            known = self._server = (raw, tuple(row[1:]))
+        return None if row[0] is None else (row[0], known[1])
+
+    async def _resolve(
+        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
+    ) -> None:
+        """Find out what became of an interrupted commit; see :meth:`commit`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._resolve_timeout
+        # The last question asked before the deadline may still be on its way.
+        until = deadline + _CONNECT_GRACE + 10 * self._round_trip
+        status, raw = await self._ask(transaction_id, server, deadline, until)
+        if status == "committed":
+            if self._refusal is not None and self._raw is None and not self._closed:
+                self._install(raw)
+                raw = None
+            await _close_quietly(raw)
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
+        await _close_quietly(raw)
+        if status == "aborted":
+            log.info("Transaction %s was rolled back; retrying", transaction_id)
+            raise retry from exc
+        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
+        raise CommitOutcomeUnknown(transaction_id, status) from exc
+
+    async def _ask(
+        self,
+        transaction_id: str,
+        server: tuple[Any, ...],
+        deadline: float,
+        until: float,
+    ) -> tuple[str, Any]:
+        """The status and the connection that got it; see :meth:`commit`."""
+        loop = asyncio.get_running_loop()
+        raw, pause = None, 0.01
+        try:
+            while True:  # at least once, then until an answer or the deadline
+                try:
+                    raw = raw or await _before(until, self._open())
+                    status = await _before(
+                        until, _transaction_status(raw, transaction_id, server), raw
+                    )
+                except TimeoutError:
+                    return "no answer in time", None
+                except Exception as error:
+                    if not _is_outage(error, raw):
+                        return f"status query failed ({_describe(error)})", raw
+                    await _close_quietly(raw)
+                    raw, status = None, "unreachable"
+                left = deadline - loop.time()
+                if status not in ("in progress", "unreachable") or left <= 0:
+                    return status, raw
+                await asyncio.sleep(min(pause, left))  # back off between questions
+                pause = min(pause * 2, 0.5)
+        except BaseException:  # cancelled while asking
+            if raw is not None:
+                _close_now(raw)
+            raise
+
+    async def rollback(self) -> None:
+        """Roll back, and leave the disconnected state.
+
+        A lost server connection rolls back by itself, so this never raises
+        for a disconnection: the next operation reconnects.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if self._refusal is not None:
+            self._refusal = None
+            return
+        raw = self._raw
+        if raw is None:
+            return
+        try:
+            await raw.rollback()
+        except Exception as exc:
+            if self._closed or not _is_outage(exc, raw):
+                raise
+            await self._lost(raw, exc)
+            self._refusal = None
+        except BaseException:
+            # Cancelled: the server rolls back as the connection closes.
+            self._interrupted(raw, "rollback")
+            self._refusal = None
+            raise
+
+    async def close(self) -> None:
+        """Close for good; later use raises the driver's ``InterfaceError``."""
+        self._closed = True
+        raw, self._raw = self._raw, None
+        await _close_quietly(raw)
+
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> _AsyncTransactionBlock:
+        """psycopg 3's ``async with conn.transaction():`` block, made of this
+        connection's own calls, as the sync connection's: the outermost block
+        ends with :meth:`commit` (resolved, if asked for) or
+        :meth:`rollback`, inner ones are savepoints, and a block left by
+        :class:`~reconnecting.Retry` touches nothing."""
+        # The sync block's rules, on this connection's awaited calls.
+        return _AsyncTransactionBlock(self, savepoint_name, force_rollback)  # type: ignore[arg-type]
+
+    # -- session settings ------------------------------------------------------
+
+    async def _set_session(self, name: str, value: Any) -> None:
+        if self._closed:
+            raise self._closed_error()
+        if self._raw is not None:
+            await self._call(lambda raw: getattr(raw, f"set_{name}")(value))
+            value = getattr(self._raw, name)  # as the driver reads it
+        self._settings[name] = value
+
+    async def set_autocommit(self, value: bool) -> None:
+        """Set autocommit now if connected, and on every new server connection."""
+        await self._set_session("autocommit", value)
+
+    async def set_isolation_level(self, value: Any) -> None:
+        """Set the isolation level now and on every new server connection."""
+        await self._set_session("isolation_level", value)
+
+    async def set_read_only(self, value: bool | None) -> None:
+        """Set read-only mode now and on every new server connection."""
+        await self._set_session("read_only", value)
+
+    async def set_deferrable(self, value: bool | None) -> None:
+        """Set deferrable mode now and on every new server connection."""
+        await self._set_session("deferrable", value)
+
+    # -- context manager: psycopg 3's meaning ------------------------------------
+
+    async def __aenter__(self) -> AsyncReconnectingConnection:
+        await self._connection()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, *exc: object
+    ) -> None:
+        """Commit, or roll back after an exception; then close, as psycopg 3
+        does."""
+        try:
+            if self._closed:
+                return
+            if exc_type is None:
+                await self.commit()
+                return
+            try:
+                await self.rollback()
+            except Exception as error:  # keep the block's own exception
+                log.warning("Rollback at the end of a block failed: %s", error)
+        finally:
+            await self.close()
+
+    # -- everything else goes to the driver connection -------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raw = self._raw
+        if raw is None:
+            if name in self._settings:
+                return self._settings[name]  # remembered: no server needed
+            raw = self._last_raw
+            if raw is None:
+                if self._closed:
+                    raise self._closed_error()
+                raise DisconnectedConnectionError(
+                    f"not connected yet: {name!r} needs a server connection"
+                )
+        # The last server connection still knows its plain attributes.
+        return self._expose(raw, name, getattr(raw, name))
+
+    def _expose(self, raw: Any, name: str, value: Any) -> Any:
+        """Return ``value``, read from ``raw``; its methods run on the current
+        server connection, with the contract."""
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data, classes (db.Error), row factories
+        if name in _REFUSED:
+            return _refusal(raw, name)
+        if name == "notifies":  # an async generator talking to the server
+            return lambda *args, **kwargs: self._iterate(
+                lambda raw: raw.notifies(*args, **kwargs), "notifies()"
+            )
+        if not inspect.iscoroutinefunction(value):
+            return value  # fileno(), xid(), add_notice_handler(): no round trip
+        return lambda *args, **kwargs: self._call(
+            lambda raw: getattr(raw, name)(*args, **kwargs)
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        if name in _SESSION_SETTINGS:
+            raise AttributeError(
+                f"{name!r} is set by a round trip on an asyncio connection:"
+                f" use 'await db.set_{name}(...)'"
+            )
+        if self._closed:
+            raise self._closed_error()
+        raw = self._raw or self._last_raw
+        if raw is None:
+            raise DisconnectedConnectionError(
+                f"not connected yet: setting {name!r} needs a server connection"
+            )
+        _check_setting(raw, name)
+        setattr(raw, name, value)  # a client-side setting: no round trip
+        self._settings[name] = value
+
+
+def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
+    """Make a cursor method that awaits the driver cursor's method ``name``."""
+
+    async def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
+        # The hot path, kept short: one check, then straight to the driver.
+        connection = self._connection
+        raw = connection._raw  # None while disconnected or closed
+        if raw is None or raw is not self._raw_connection:
+            result = await self._run(name, args, kwargs)
+        else:
+            try:
+                result = await getattr(self._raw_cursor, name)(*args, **kwargs)
+            except Exception as exc:
+                if connection._closed or not _is_outage(exc, raw):
+                    raise
+                raise await connection._lost(raw, exc) from exc
+            except BaseException:  # cancelled
+                connection._interrupted(raw)
+                raise
+        return self if returns_self else result
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
+def _fetch_method(name: str, doc: str) -> Any:
+    """Make a fetch method that, on a client-side cursor, hands out the
+    driver's own awaitable: its rows arrived with ``execute()``, so fetching
+    them does not talk to the server, and one coroutine less is faster."""
+    on_server = _server_method(name, doc)
+
+    def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
+        raw = self._connection._raw  # None while disconnected or closed
+        if self._kept or not (
+            self._named or raw is None or raw is not self._raw_connection
+        ):
+            return getattr(self._raw_cursor, name)(*args, **kwargs)
+        return on_server(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    return method
+
+
+class AsyncReconnectingCursor:
+    """A cursor of an :class:`AsyncReconnectingConnection`.
+
+    It remembers the arguments it was made with and makes the driver cursor
+    again on each new server connection, so the same cursor object keeps
+    working after ``rollback()``.  Its methods that talk to the server
+    raise :class:`~reconnecting.Retry` when the server connection is lost.
+    """
+
+    def __init__(
+        self,
+        connection: AsyncReconnectingConnection,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._connection = connection
+        self._args = args
+        self._kwargs = kwargs
+        # A named cursor is a server-side one: fetching talks to the server.
+        self._named = bool(kwargs.get("name") or (args and args[0]))
+        self._raw_connection: Any | None = None
+        self._raw_cursor: Any = None  # the driver's, on _raw_connection
+        self._settings: dict[str, Any] = {}
+        self._kept = False  # reading a result kept after a resolved commit
+        self._closed = False
+
+    @property
+    def connection(self) -> AsyncReconnectingConnection:
+        """The :class:`AsyncReconnectingConnection` this cursor belongs to."""
+        return self._connection
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = "closed" if self._closed else "open"
+        return f"<{name} {state} at {id(self):#x}>"
+
+    def _keep(self, raw: Any) -> None:
+        """After a resolved commit: go on reading what ``raw`` sent before.
+
+        psycopg 3 keeps a client-side cursor's result in memory, so it stays
+        readable after its connection is gone; a server-side cursor's ends
+        with its transaction anyway.
+        """
+        if self._raw_connection is raw and not self._named:
+            self._kept = self._raw_cursor is not None
+
+    def _cursor_on(self, raw: Any) -> Any:
+        if self._closed:
+            raise self._connection._closed_error("cursor")
+        if self._raw_connection is not raw:
+            raw_cursor = raw.cursor(*self._args, **self._kwargs)
+            for name, value in self._settings.items():
+                setattr(raw_cursor, name, value)
+            self._raw_cursor, self._raw_connection = raw_cursor, raw
+            self._kept = False
+        return self._raw_cursor
+
+    async def _run(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await self._connection._call(
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+        )
+
+    async def execute(
+        self, query: Any, params: Any = None, **kwargs: Any
+    ) -> AsyncReconnectingCursor:
+        """Run a query; return this cursor, as psycopg's does."""
+        # The hot path, spelled out: one check, then straight to the driver.
+        connection = self._connection
+        raw = connection._raw  # None while disconnected or closed
+        if raw is None or raw is not self._raw_connection:
+            await self._run("execute", (query, params), kwargs)
+            return self
+        try:
+            if kwargs:
+                await self._raw_cursor.execute(query, params, **kwargs)
+            else:  # the common call, without building its keywords again
+                await self._raw_cursor.execute(query, params)
+        except Exception as exc:
+            if connection._closed or not _is_outage(exc, raw):
+                raise
+            raise await connection._lost(raw, exc) from exc
+        except BaseException:  # cancelled
+            connection._interrupted(raw)
+            raise
+        return self
+
+    executemany = _server_method(
+        "executemany", "Run a query for each parameter set.", True
+    )
+    _fetchone: Callable[..., Awaitable[Any]] = _fetch_method("fetchone", "")
+
+    def fetchone(self) -> Awaitable[Any]:
+        """Return the next row, or ``None``."""
+        raw = self._connection._raw  # the hot path of _fetch_method, spelled out
+        if self._named or raw is None or raw is not self._raw_connection:
+            return self._fetchone()
+        fetch: Awaitable[Any] = self._raw_cursor.fetchone()
+        return fetch
+
+    fetchmany = _fetch_method("fetchmany", "Return the next ``size`` rows.")
+    fetchall = _fetch_method("fetchall", "Return the remaining rows.")
+    __anext__ = _fetch_method("__anext__", "Return the next row.")
+    scroll = _server_method("scroll", "Move the position in the result.")
+
+    def __aiter__(self) -> AsyncReconnectingCursor:
+        return self
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Yield the rows of a query as the server sends them."""
+        return self._connection._iterate(
+            lambda raw: self._cursor_on(raw).stream(*args, **kwargs), "stream()"
+        )
+
+    async def close(self) -> None:
+        """Close the cursor; the server connection stays open."""
+        self._closed, self._kept = True, False
+        raw_cursor, self._raw_cursor = self._raw_cursor, None
+        self._raw_connection = None
+        await _close_quietly(raw_cursor)
+
+    async def __aenter__(self) -> AsyncReconnectingCursor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raw_cursor = self._raw_cursor
+        if raw_cursor is None:  # nothing run yet: a driver cursor to ask
+            connection = self._connection
+            raw = connection._raw or connection._last_raw
+            if raw is None:
+                connection.__getattr__(name)  # raises: not connected yet
+            raw_cursor = self._cursor_on(raw)
+        value = getattr(raw_cursor, name)
+        if getattr(value, "__self__", None) is not raw_cursor:
+            return value  # description, rowcount, statusmessage, ...
+        if name in _REFUSED:
+            return _refusal(self._raw_connection, name)
+        if not inspect.iscoroutinefunction(value):
+            return value  # nextset(), setinputsizes(): no round trip
+        return lambda *args, **kwargs: self._run(name, args, kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            # arraysize, row_factory, ...: set now and on every new driver cursor.
+            if self._raw_cursor is not None:
+                setattr(self._raw_cursor, name, value)
+            self._settings[name] = value
+
+
+class _AsyncTransactionBlock(_TransactionBlock):
+    """The sync block's rules, with ``async with``."""
+
+    connection: AsyncReconnectingConnection  # type: ignore[assignment]
+
+    def __enter__(self) -> _TransactionBlock:
+        raise TypeError("use 'async with db.transaction():' on an asyncio connection")
+
+    async def __aenter__(self) -> _AsyncTransactionBlock:
+        connection = self.connection
+        raw = await connection._connection()
+        self._outer = not connection._blocks and raw.info.transaction_status == 0
+        if not self._outer:
+            depth = len(connection._blocks) + 1
+            self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
+            await self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+        elif raw.autocommit:
+            await self._cursor.execute("BEGIN")
+        connection._blocks.append(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        connection = self.connection
+        connection._blocks.remove(self)
+        if isinstance(exc, Retry) or connection._refusal is not None:
+            return False  # the caller rolls back, as always
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                await connection.commit()
+            else:
+                await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            return False
+        if self._outer:
+            await connection.rollback()
+        else:
+            await self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+        # psycopg.Rollback ends this block quietly, or the one it names.
+        if type(exc).__name__ == "Rollback":
+            return getattr(exc, "transaction", None) in (None, self)
+        return False
+
+
+# -- the retry loop ----------------------------------------------------------
+
+
+class AsyncAttempt(Attempt):
+    """One try of a unit of work, made by :func:`attempts`; use it as
+    ``async with attempt:``.  It behaves as the sync ``Attempt``, with
+    ``await db.rollback()``.
+    """
+
+    def __enter__(self) -> Attempt:
+        raise TypeError("use 'async with attempt:' with an asyncio connection")
+
+    async def __aenter__(self) -> AsyncAttempt:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            return False
+        await self._loop.db.rollback()
+        if not isinstance(exc, Retry):
+            return False
+        pause = self._loop.pause_after(self.number)
+        if pause is None:
+            return False  # out of tries or time: the last Retry goes on
+        self.error, self.pause = exc, pause
+        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
+        return True
+
+
+async def attempts(
+    db: Any,
+    tries: int = 5,
+    deadline: float = 30.0,
+    *,
+    base_pause: float = 0.01,
+    max_pause: float = 1.0,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    jitter: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[AsyncAttempt]:
+    """The sync ``reconnecting.attempts()``, for asyncio::
+
+        async for attempt in attempts(db, tries=5, deadline=30.0):
+            async with attempt:
+                await unit_of_work()  # which ends with await db.commit()
+
+    Same arguments, same pauses (capped exponential steps with full
+    jitter), same rules: :class:`~reconnecting.Retry` is rolled back and retried,
+    anything else is rolled back and goes on to the caller.  The pauses are
+    ``await asyncio.sleep()``, so other tasks run meanwhile.
+    """
+    if tries < 1:
+        raise ValueError(f"tries must be at least 1, not {tries!r}")
+    loop = _AttemptLoop(
+        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
+    )
+    for number in range(1, tries + 1):
+        attempt = AsyncAttempt(loop, number)
+        yield attempt
+        if attempt.pause is None:
+            return  # it got through (or its error went to the caller)
+        await sleep(attempt.pause)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+async def _query_row(raw: Any, query: str) -> Any:
+    """Run one of our own queries: rows as tuples, whatever the caller set."""
+    cursor = _plain_cursor(raw)
+    try:
+        await cursor.execute(query)
+        return await cursor.fetchone()
+    finally:
+        await cursor.close()
+
+
+async def _transaction_status(
+    raw: Any, transaction_id: str, server: tuple[Any, ...]
+) -> str:
+    """Ask the server what became of a transaction, by the sync module's rules."""
+    questions = _status_questions(raw.info.server_version, transaction_id, server)
+    cursor = _plain_cursor(raw)
+    try:
+        question = next(questions)
+        while True:
+            try:
+                await cursor.execute(*question)
+                answer = await cursor.fetchone()
+            except Exception as error:
+                question = questions.throw(error)
+            else:
+                question = questions.send(answer)
+    except StopIteration as end:
+        return str(end.value)
+    finally:
+        await cursor.close()
+        await raw.rollback()
+
+
+async def _before(deadline: float, awaitable: Awaitable[Any], raw: Any = None) -> Any:
+    """Await ``awaitable`` until the loop's clock reaches ``deadline``.
+
+    Past it, raise ``TimeoutError``, after closing ``raw`` (the server
+    connection the awaitable works on, if any): psycopg answers a cancelled
+    query by asking the server to cancel it and waiting for that, which
+    would take the time the deadline denies it.
+    """
+    task = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+    except BaseException:  # the caller was cancelled
+        await _abandon(task, raw)
+        raise
+    if not task.done():
+        await _abandon(task, raw)
+        raise TimeoutError
+    return task.result()
+
+
+async def _abandon(task: asyncio.Future[Any], raw: Any) -> None:
+    if raw is not None:
+        _close_now(raw)
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved: what it raised no longer matters
+
+
+def _close_now(raw: Any) -> None:
+    """Close a server connection without awaiting (psycopg's socket closes now)."""
+    pgconn = getattr(raw, "pgconn", None)
+    try:
+        if pgconn is not None:
+            pgconn.finish()
+        else:
+            asyncio.ensure_future(_close_quietly(raw))
+    except Exception:
+        pass
+
+
+async def _close_quietly(thing: Any) -> None:
+    if thing is None:
+        return
+    try:
+        await thing.close()
+    except Exception:
+        pass  # it is broken already; closing is only to free the socket
