@@ -31,6 +31,7 @@ import time
 
 from reconnecting import ReconnectingConnection, Retry
 from reconnecting.testing.cluster import Cluster
+from reconnecting.testing.standby import make_standby
 
 DRIVERS = ("psycopg2", "psycopg")
 
@@ -93,7 +94,7 @@ def measure(driver_name, rounds):
     primary = Cluster()
     primary.start()
     primary._execute("CREATE TABLE transfer (id serial PRIMARY KEY, amount int)")
-    standby = primary.make_standby()
+    standby = make_standby(primary)
     ratios, fresh_times, reconnecting_times = [], [], []
     try:
         for round_ in range(rounds + 1):  # the first is a warm-up
@@ -113,7 +114,7 @@ def measure(driver_name, rounds):
                 reconnecting_times.append(r)
                 ratios.append(r / f)
             primary.destroy()
-            primary, standby = standby, standby.make_standby()
+            primary, standby = standby, make_standby(standby)
     finally:
         standby.destroy()
         primary.destroy()

@@ -38,6 +38,7 @@ from reconnecting.connection import (
     _describe,
     _id_query,
     _is_outage,
+    _note_standby_session,
     _plain_cursor,
     _refusal,
     _status_questions,
@@ -168,6 +169,7 @@ class AsyncReconnectingConnection:
     async def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = await self._factory()
+        _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
                 if name in _SESSION_SETTINGS:

@@ -257,11 +257,28 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
         return True
     if _ends_session(exc):
         return True
-    if sqlstate == "25006" and _in_hot_standby(raw_connection):
+    if sqlstate == "25006" and (
+        _in_hot_standby(raw_connection) or raw_connection in _STANDBY_SESSIONS
+    ):
         return True  # a standby, not the primary we need: find one
     if sqlstate is not None:
         return False
     return _says(exc, DISCONNECT_MESSAGES)
+
+
+# Driver connections that were made to a hot standby.  A transaction begun
+# before a promotion stays read-only after it, while the server already
+# reports in_hot_standby off: its read-only error is still the standby's.
+_STANDBY_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _note_standby_session(raw_connection: Any) -> None:
+    """Remember *raw_connection* if it was made to a hot standby."""
+    if _in_hot_standby(raw_connection):
+        try:
+            _STANDBY_SESSIONS.add(raw_connection)
+        except TypeError:
+            pass  # a driver connection that cannot be weakly referenced
 
 
 def _in_hot_standby(raw_connection: Any) -> bool:
@@ -684,6 +701,7 @@ class ReconnectingConnection:
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = self._factory()
+        _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
                 setattr(raw, name, value)

@@ -9,6 +9,9 @@ it in ``tpc_finish``.  Both roll back on abort, and tell the transaction
 manager to retry after a :class:`~reconnecting.Retry`, but never after
 another connection of the same transaction committed: that raises
 :class:`PartialCommitError`.  Needs ``transaction`` (the ``zope`` extra).
+
+A data manager sees its connection only through :class:`JoinedConnection`,
+so this module does not depend on :mod:`reconnecting.adapter`.
 """
 
 from __future__ import annotations

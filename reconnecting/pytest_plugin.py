@@ -32,7 +32,7 @@ __all__ = ["pg_database", "port_forward"]
 @pytest.fixture(scope="session")
 def _reconnecting_server() -> Any:
     """The server the test databases live on, started once per session."""
-    from reconnecting.testing.server import get_server
+    from reconnecting.testing.cluster import get_server
 
     server = get_server()
     if not server.running:

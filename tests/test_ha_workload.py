@@ -36,6 +36,7 @@ from reconnecting import CommitOutcomeUnknown, ReconnectingConnection, Retry
 from reconnecting.testing import wait_until
 from reconnecting.testing.cluster import Cluster
 from reconnecting.testing.pgbouncer import PgBouncer, pgbouncer_unavailable
+from reconnecting.testing.standby import make_standby
 
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
 driver = importlib.import_module(DRIVER)
@@ -150,7 +151,7 @@ def test_failover_to_a_promoted_standby(request, quiet, target_session_attrs):
     try:
         primary.start()
         primary._execute("CREATE TABLE ledger (ref int, amount int)")
-        standby = primary.make_standby(synchronous=True)
+        standby = make_standby(primary, synchronous=True)
         servers.append(standby)
         dsn = (
             f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port}"

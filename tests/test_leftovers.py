@@ -22,14 +22,17 @@ import textwrap
 from contextlib import suppress
 from pathlib import Path
 
-from reconnecting.testing import pgsql, wait_until
+from helpers import alive, firewall_rules
+
+from reconnecting.testing import wait_until
+from reconnecting.testing.server import SERVER_ENV
 
 CHILD_TEST = """
     import json, os, threading
     from reconnecting import ReconnectingConnection
     from reconnecting.testing import PgTestSetup, PortForwardTestSetup
-    from reconnecting.testing import pgsql
     from reconnecting.testing.pgbouncer import PgBouncer, pgbouncer_unavailable
+    from reconnecting.testing.standby import make_standby
 
     def children(pid):
         found = []
@@ -53,7 +56,7 @@ CHILD_TEST = """
             lambda: pg.connect(host=proxy.host, port=proxy.port))
         clients = [pg.connect() for _ in range(3)] + [db]
         cluster = pg.server
-        standby = cluster.make_standby(synchronous=True)
+        standby = make_standby(cluster, synchronous=True)
         standby.restart("immediate")  # the watchdog must know the new one
         reader = pg.connect(host=standby.host, port=standby.port)
         reader.cursor().execute("SELECT 1")  # a transaction open on the standby
@@ -85,15 +88,6 @@ CHILD_TEST = """
 """
 
 
-def alive(pid):
-    """True while ``pid`` runs (a zombie does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return not stat[stat.rfind(b")") + 2 :].startswith(b"Z")
-
-
 def mentions(directory):
     """Processes whose command line names ``directory``."""
     found = []
@@ -112,18 +106,10 @@ def shared_memory_segments():
     return {name for name in os.listdir("/dev/shm") if name.startswith("PostgreSQL.")}
 
 
-def firewall_rules(port):
-    """The iptables INPUT rules that mention ``port``, as iptables lists them."""
-    listed = subprocess.run(
-        ["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, check=True
-    )
-    return [line for line in listed.stdout.splitlines() if f" {port} " in line]
-
-
 def test_a_killed_pytest_run_leaves_no_server_process_or_directory(tmp_path):
     segments_before = shared_memory_segments()
     (tmp_path / "test_child.py").write_text(textwrap.dedent(CHILD_TEST))
-    env = {k: v for k, v in os.environ.items() if k != pgsql.SERVER_ENV}
+    env = {k: v for k, v in os.environ.items() if k != SERVER_ENV}
     child = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider"]
         + ["--rootdir", str(tmp_path), str(tmp_path / "test_child.py")],

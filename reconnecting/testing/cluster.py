@@ -22,19 +22,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2
 from psycopg2.extensions import make_dsn
 
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
-from reconnecting.testing.server import Server
+from reconnecting.testing.server import SERVER_ENV, ExistingServer, Server
 
-if TYPE_CHECKING:
-    from reconnecting.testing.standby import Standby
-
-__all__ = ["Cluster", "get_cluster"]
+__all__ = ["Cluster", "get_cluster", "get_server"]
 
 PASSWORD_ROLE = "password_required"
 
@@ -394,22 +391,6 @@ class Cluster(Server):
 
     # -- replication (reconnecting/testing/standby.py) -------------------------
 
-    def make_standby(self, synchronous: bool = False) -> Standby:
-        """Return a new streaming ``Standby`` of this running cluster, started.
-
-        :param synchronous: make this cluster wait for the standby at every
-            commit, until the standby is destroyed.
-        """
-        from reconnecting.testing.standby import Standby  # which imports us
-
-        standby = Standby(self, synchronous=synchronous)
-        try:
-            standby.start()
-        except BaseException:
-            standby.destroy()
-            raise
-        return standby
-
     @property
     def is_primary(self) -> bool:
         """True while the server runs and takes writes (not in recovery)."""
@@ -448,3 +429,18 @@ def get_cluster() -> Cluster:
                 raise
             _default_cluster = cluster
         return _default_cluster
+
+
+_existing: dict[str, ExistingServer] = {}
+
+
+def get_server() -> Server:
+    """Return the ``ExistingServer`` named by ``RECONNECTING_TEST_SERVER`` if it
+    is set, else ``get_cluster()``."""
+    conninfo = os.environ.get(SERVER_ENV, "").strip()
+    if not conninfo:
+        return get_cluster()
+    with _lock:
+        if conninfo not in _existing:
+            _existing[conninfo] = ExistingServer(conninfo)
+        return _existing[conninfo]

@@ -32,8 +32,8 @@ from psycopg2.extensions import make_dsn
 
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import server_account
-from reconnecting.testing.cluster import _free_port, _tail
-from reconnecting.testing.server import Server, get_server
+from reconnecting.testing.cluster import _free_port, _tail, get_server
+from reconnecting.testing.server import Server
 
 __all__ = ["PGBOUNCER_ENV", "PgBouncer", "find_pgbouncer", "pgbouncer_unavailable"]
 
@@ -75,7 +75,8 @@ class PgBouncer:
     :param pool_mode: ``"transaction"`` (a server connection per
         transaction) or ``"session"`` (per client connection).
     :param settings: more ``[pgbouncer]`` settings, e.g.
-        ``{"server_login_retry": 1}``; they win over the fixture's.
+        ``{"server_login_retry": 1}``; they win over the fixture's.  Kept
+        as the ``settings`` attribute: change it, then ``reload()``.
 
     ``start()`` makes the directory and starts PgBouncer; ``stop()`` shuts it
     down (``SHUTDOWN``), ``restart()`` both, on the same port; ``close()``
@@ -337,7 +338,9 @@ class PgBouncer:
         self.admin(f"RECONNECT {_ident(dbname)}".strip())
 
     def reload(self) -> None:
-        """``RELOAD``: read the configuration file again."""
+        """Write the configuration file again (with ``settings`` as they are
+        now), and ``RELOAD`` it."""
+        self._write_config()
         self.admin("RELOAD")
 
     def shutdown(self) -> None:

@@ -31,24 +31,10 @@ import os
 import threading
 from typing import Any, NamedTuple
 
-# Importable from here too, where they lived before they got modules of their own.
-from reconnecting.testing.binaries import _REMEDIES as _REMEDIES
-from reconnecting.testing.binaries import PGBIN_ENV as PGBIN_ENV
-from reconnecting.testing.binaries import find_bindir
-from reconnecting.testing.cluster import Cluster, get_cluster
-from reconnecting.testing.server import SERVER_ENV as SERVER_ENV
-from reconnecting.testing.server import ExistingServer, Server, get_server
+from reconnecting.testing.cluster import get_server
+from reconnecting.testing.server import Server
 
-__all__ = [
-    "Cluster",
-    "ExistingServer",
-    "PgTestSetup",
-    "Server",
-    "find_bindir",
-    "get_cluster",
-    "get_server",
-    "roll_back_prepared",
-]
+__all__ = ["PgTestSetup", "roll_back_prepared"]
 
 
 class _Database(NamedTuple):

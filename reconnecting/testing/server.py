@@ -4,13 +4,12 @@
 databases, cloned from a small template, and terminating their connections.
 ``ExistingServer`` is a server named by ``RECONNECTING_TEST_SERVER``, which
 the tests may not stop or start; ``Cluster`` (in
-:mod:`reconnecting.testing.cluster`) is a throwaway one.  ``get_server()``
-chooses between them.
+:mod:`reconnecting.testing.cluster`) is a throwaway one; that module's
+``get_server()`` chooses between them.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 from reconnecting.testing.waiting import wait_until
 
-__all__ = ["SERVER_ENV", "ExistingServer", "Server", "get_server"]
+__all__ = ["SERVER_ENV", "ExistingServer", "Server"]
 
 SERVER_ENV = "RECONNECTING_TEST_SERVER"
 TEMPLATE = "reconnecting_template"
@@ -227,21 +226,3 @@ class ExistingServer(Server):
         keys = ("host", "port", "user")
         host, port, user = self._resolved or [self._params.get(k) for k in keys]
         return f"<ExistingServer host={host!r} port={port!r} user={user!r}>"
-
-
-_lock = threading.Lock()
-_existing: dict[str, ExistingServer] = {}
-
-
-def get_server() -> Server:
-    """Return the ``ExistingServer`` named by ``RECONNECTING_TEST_SERVER`` if it
-    is set, else ``get_cluster()``."""
-    conninfo = os.environ.get(SERVER_ENV, "").strip()
-    if not conninfo:
-        from reconnecting.testing.cluster import get_cluster  # which imports us
-
-        return get_cluster()
-    with _lock:
-        if conninfo not in _existing:
-            _existing[conninfo] = ExistingServer(conninfo)
-        return _existing[conninfo]

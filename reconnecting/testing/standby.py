@@ -1,6 +1,6 @@
 """A streaming standby of a throwaway cluster, for failover tests.
 
-``Cluster.make_standby()`` copies a running ``Cluster`` with
+``make_standby()`` copies a running ``Cluster`` with
 ``pg_basebackup -R`` into a new directory of its own and starts it as a hot
 standby: it follows the primary's WAL over a replication connection, answers
 read-only queries, and refuses writes with ``cannot execute ... in a
@@ -25,7 +25,7 @@ from reconnecting.testing.binaries import copy_binaries
 from reconnecting.testing.cluster import Cluster, _free_port
 from reconnecting.testing.waiting import wait_until
 
-__all__ = ["Standby"]
+__all__ = ["Standby", "make_standby"]
 
 
 class Standby(Cluster):
@@ -35,7 +35,7 @@ class Standby(Cluster):
         commit (``synchronous_standby_names``), until ``destroy()``.
 
     ``create()`` (or the first ``start()``) takes the base backup; use
-    ``Cluster.make_standby()`` to get one made and started.
+    ``make_standby()`` to get one made and started.
     """
 
     def __init__(self, primary: Cluster, *, synchronous: bool = False) -> None:
@@ -118,6 +118,11 @@ class Standby(Cluster):
                 self._synchronous_on_primary = True
             state = "sync" if self.synchronous else "async"
             wait_until(lambda: self._replication_state() == state, timeout)
+            if self.synchronous:
+                # Commits wait for a standby only once the checkpointer has
+                # read the new setting; it reads a pending reload before any
+                # checkpoint, so once CHECKPOINT returns, every commit waits.
+                self.primary._execute("CHECKPOINT")
 
     def _replication_state(self) -> str | None:
         """The primary's ``sync_state`` of this standby while it streams."""
@@ -183,3 +188,19 @@ class Standby(Cluster):
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Standby {self.host}:{self.port} of port {self.primary.port} {state}>"
+
+
+def make_standby(primary: Cluster, synchronous: bool = False) -> Standby:
+    """Return a new streaming ``Standby`` of *primary*, a running cluster,
+    started and streaming.
+
+    :param synchronous: make *primary* wait for the standby at every
+        commit, until the standby is destroyed.
+    """
+    standby = Standby(primary, synchronous=synchronous)
+    try:
+        standby.start()
+    except BaseException:
+        standby.destroy()
+        raise
+    return standby
