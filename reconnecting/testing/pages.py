@@ -10,14 +10,33 @@ is needed to use the package; the page teardown of the root
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
+import struct
+import termios
 import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from reconnecting.connection import Retry
 from reconnecting.testing.pgsql import PgTestSetup
 
-__all__ = ["LogMessages", "Listener", "commit_in_thread", "dict_rows", "print_error"]
+__all__ = [
+    "Call",
+    "LogMessages",
+    "Listener",
+    "activity",
+    "all_sent_acknowledged",
+    "commit_in_thread",
+    "dict_rows",
+    "outage",
+    "print_error",
+    "retransmissions",
+    "server_log",
+]
 
 
 def print_error(error: BaseException) -> None:
@@ -123,3 +142,94 @@ class Listener:
 
     def close(self) -> None:
         self._connection.close()
+
+
+# -- Outages, one by one (faults.rst) and the silent network (halfopen.rst) --
+
+
+def outage(call: Callable[[], object]) -> None:
+    """Run *call*, and print the :class:`~reconnecting.Retry` it raises.
+
+    The ``Retry`` is printed as :func:`print_error` prints any error,
+    ``Retry: OperationalError: ...``; a call that meets no outage prints
+    ``no outage``.
+    """
+    try:
+        call()
+    except Retry as exc:
+        print_error(exc)
+    else:
+        print("no outage")
+
+
+def activity(pid: int) -> tuple[str, str] | None:
+    """The state and query of the session of backend *pid*, or None once it
+    has ended, seen from a connection of its own to the test database."""
+    conn = PgTestSetup().connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
+        )
+        row = cursor.fetchone()
+        return None if row is None else (row[0], row[1])
+    finally:
+        conn.close()
+
+
+def server_log(pid: int) -> list[str]:
+    """The test server's log lines about backend *pid*, without the prefix
+    (time stamp and pid) that the log line starts with."""
+    with open(PgTestSetup().server.log_path) as log:
+        return [line.split("] ", 1)[1].rstrip() for line in log if f"[{pid}] " in line]
+
+
+def retransmissions(conn: Any) -> int:
+    """How many times in a row the kernel has resent data that *conn*'s
+    socket sent and the other side did not acknowledge (Linux only)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return info[2]  # struct tcp_info: tcpi_retransmits
+
+
+def all_sent_acknowledged(conn: Any) -> bool:
+    """Whether the other side's kernel acknowledged every byte that *conn*'s
+    socket sent (Linux only)."""
+    buffer = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    return struct.unpack("i", buffer)[0] == 0
+
+
+class Call(threading.Thread):
+    """Run *call* in a thread of its own, started at once, so that a page
+    can watch a call that waits.
+
+    ``waiting()`` tells whether the call is still running; ``result()``
+    waits for it and prints its outcome: ``returned: <value>``, or the
+    :class:`~reconnecting.Retry` it raised, as :func:`outage` prints it.
+    """
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(name="pages.Call", daemon=True)
+        self._call = call
+        self._returned: object = None
+        self._retry: Retry | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._returned = self._call()
+        except Retry as exc:
+            self._retry = exc
+
+    def waiting(self) -> bool:
+        return self.is_alive()
+
+    def result(self, patience: float = 120) -> None:
+        """Wait up to *patience* seconds for the call, then print its outcome."""
+        self.join(patience)
+        if self.is_alive():
+            print(f"still waiting after {patience} s")
+        elif self._retry is not None:
+            print_error(self._retry)
+        else:
+            print("returned:", self._returned)
