@@ -11,6 +11,7 @@ is needed to use the package; the page teardown of the root
 from __future__ import annotations
 
 import fcntl
+import importlib
 import logging
 import os
 import socket
@@ -30,12 +31,15 @@ __all__ = [
     "Listener",
     "activity",
     "all_sent_acknowledged",
+    "attempt",
     "commit_in_thread",
     "dict_rows",
     "outage",
     "print_error",
     "retransmissions",
     "server_log",
+    "shutting_down",
+    "waits_for_a_lock",
 ]
 
 
@@ -162,19 +166,39 @@ def outage(call: Callable[[], object]) -> None:
         print("no outage")
 
 
-def activity(pid: int) -> tuple[str, str] | None:
-    """The state and query of the session of backend *pid*, or None once it
-    has ended, seen from a connection of its own to the test database."""
-    conn = PgTestSetup().connect()
+def _session_row(pid: int, columns: str, server: Any = None) -> tuple[Any, ...] | None:
+    """*columns* of ``pg_stat_activity`` for backend *pid*, or None, asked over
+    a connection of its own: to the test database, or as the superuser to
+    *server* (a ``Cluster``, such as a standby)."""
+    conn = PgTestSetup().connect() if server is None else server.admin_connect()
     try:
         cursor = conn.cursor()
-        cursor.execute(
-            "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
-        )
+        cursor.execute(f"SELECT {columns} FROM pg_stat_activity WHERE pid = %s", (pid,))
         row = cursor.fetchone()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else tuple(row)
     finally:
         conn.close()
+
+
+def activity(pid: int, server: Any = None) -> tuple[str, str] | None:
+    """The state and query of the session of backend *pid*, or None once it
+    has ended, seen from the outside: on the test server, or on *server*."""
+    return _session_row(pid, "state, query", server)
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the session of backend *pid* on the test server waits for a lock."""
+    return _session_row(pid, "wait_event_type") == ("Lock",)
+
+
+def shutting_down() -> bool:
+    """Whether the test server turns a new session away because it is
+    shutting down."""
+    try:
+        PgTestSetup().connect().close()
+    except Exception as exc:
+        return "shutting down" in str(exc)
+    return False
 
 
 def server_log(pid: int) -> list[str]:
@@ -196,7 +220,8 @@ def all_sent_acknowledged(conn: Any) -> bool:
     """Whether the other side's kernel acknowledged every byte that *conn*'s
     socket sent (Linux only)."""
     buffer = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4)
-    return struct.unpack("i", buffer)[0] == 0
+    unacknowledged: int = struct.unpack("i", buffer)[0]
+    return unacknowledged == 0
 
 
 class Call(threading.Thread):
@@ -233,3 +258,43 @@ class Call(threading.Thread):
             print_error(self._retry)
         else:
             print("returned:", self._returned)
+
+
+# -- Which errors are outages (errors.rst) --
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The base ``Error`` class of each driver that is installed."""
+    classes: list[type[Exception]] = []
+    for name in ("psycopg2", "psycopg"):
+        try:
+            classes.append(importlib.import_module(name).Error)
+        except ImportError:
+            pass
+    return tuple(classes)
+
+
+def attempt(connection: Any, call: Callable[[], object]) -> BaseException | None:
+    """Run *call*, which uses *connection*, and show what became of its error.
+
+    Prints the driver's error in full, with its class and SQLSTATE
+    (psycopg2's ``pgcode``, psycopg 3's ``sqlstate``), then what the
+    :class:`~reconnecting.ReconnectingConnection` did with it: let it
+    through, or raise :class:`~reconnecting.Retry` and count disconnections.
+    Returns the driver's error, or None (printing ``no error``).
+    """
+    before = connection.disconnects
+    error: BaseException | None
+    try:
+        call()
+    except Retry as exc:
+        error, outcome = exc.__cause__, "Retry"
+    except _driver_errors() as exc:
+        error, outcome = exc, "passed through"
+    else:
+        print("no error")
+        return None
+    sqlstate = getattr(error, "sqlstate", getattr(error, "pgcode", None))
+    print(f"{type(error).__name__} {sqlstate}: {str(error).strip()}")
+    print(f"{outcome}, disconnects +{connection.disconnects - before}")
+    return error
