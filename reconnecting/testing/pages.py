@@ -10,14 +10,37 @@ is needed to use the package; the page teardown of the root
 
 from __future__ import annotations
 
+import fcntl
+import importlib
 import logging
+import os
+import socket
+import struct
+import termios
 import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from reconnecting.connection import Retry
 from reconnecting.testing.pgsql import PgTestSetup
 
-__all__ = ["LogMessages", "Listener", "commit_in_thread", "dict_rows", "print_error"]
+__all__ = [
+    "Call",
+    "LogMessages",
+    "Listener",
+    "activity",
+    "all_sent_acknowledged",
+    "attempt",
+    "commit_in_thread",
+    "dict_rows",
+    "outage",
+    "print_error",
+    "retransmissions",
+    "server_log",
+    "shutting_down",
+    "waits_for_a_lock",
+]
 
 
 def print_error(error: BaseException) -> None:
@@ -123,3 +146,155 @@ class Listener:
 
     def close(self) -> None:
         self._connection.close()
+
+
+# -- Outages, one by one (faults.rst) and the silent network (halfopen.rst) --
+
+
+def outage(call: Callable[[], object]) -> None:
+    """Run *call*, and print the :class:`~reconnecting.Retry` it raises.
+
+    The ``Retry`` is printed as :func:`print_error` prints any error,
+    ``Retry: OperationalError: ...``; a call that meets no outage prints
+    ``no outage``.
+    """
+    try:
+        call()
+    except Retry as exc:
+        print_error(exc)
+    else:
+        print("no outage")
+
+
+def _session_row(pid: int, columns: str, server: Any = None) -> tuple[Any, ...] | None:
+    """*columns* of ``pg_stat_activity`` for backend *pid*, or None, asked over
+    a connection of its own: to the test database, or as the superuser to
+    *server* (a ``Cluster``, such as a standby)."""
+    conn = PgTestSetup().connect() if server is None else server.admin_connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SELECT {columns} FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = cursor.fetchone()
+        return None if row is None else tuple(row)
+    finally:
+        conn.close()
+
+
+def activity(pid: int, server: Any = None) -> tuple[str, str] | None:
+    """The state and query of the session of backend *pid*, or None once it
+    has ended, seen from the outside: on the test server, or on *server*."""
+    return _session_row(pid, "state, query", server)
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the session of backend *pid* on the test server waits for a lock."""
+    return _session_row(pid, "wait_event_type") == ("Lock",)
+
+
+def shutting_down() -> bool:
+    """Whether the test server turns a new session away because it is
+    shutting down."""
+    try:
+        PgTestSetup().connect().close()
+    except Exception as exc:
+        return "shutting down" in str(exc)
+    return False
+
+
+def server_log(pid: int) -> list[str]:
+    """The test server's log lines about backend *pid*, without the prefix
+    (time stamp and pid) that the log line starts with."""
+    with open(PgTestSetup().server.log_path) as log:
+        return [line.split("] ", 1)[1].rstrip() for line in log if f"[{pid}] " in line]
+
+
+def retransmissions(conn: Any) -> int:
+    """How many times in a row the kernel has resent data that *conn*'s
+    socket sent and the other side did not acknowledge (Linux only)."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return info[2]  # struct tcp_info: tcpi_retransmits
+
+
+def all_sent_acknowledged(conn: Any) -> bool:
+    """Whether the other side's kernel acknowledged every byte that *conn*'s
+    socket sent (Linux only)."""
+    buffer = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    unacknowledged: int = struct.unpack("i", buffer)[0]
+    return unacknowledged == 0
+
+
+class Call(threading.Thread):
+    """Run *call* in a thread of its own, started at once, so that a page
+    can watch a call that waits.
+
+    ``waiting()`` tells whether the call is still running; ``result()``
+    waits for it and prints its outcome: ``returned: <value>``, or the
+    :class:`~reconnecting.Retry` it raised, as :func:`outage` prints it.
+    """
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(name="pages.Call", daemon=True)
+        self._call = call
+        self._returned: object = None
+        self._retry: Retry | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._returned = self._call()
+        except Retry as exc:
+            self._retry = exc
+
+    def waiting(self) -> bool:
+        return self.is_alive()
+
+    def result(self, patience: float = 120) -> None:
+        """Wait up to *patience* seconds for the call, then print its outcome."""
+        self.join(patience)
+        if self.is_alive():
+            print(f"still waiting after {patience} s")
+        elif self._retry is not None:
+            print_error(self._retry)
+        else:
+            print("returned:", self._returned)
+
+
+# -- Which errors are outages (errors.rst) --
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The base ``Error`` class of each driver that is installed."""
+    classes: list[type[Exception]] = []
+    for name in ("psycopg2", "psycopg"):
+        try:
+            classes.append(importlib.import_module(name).Error)
+        except ImportError:
+            pass
+    return tuple(classes)
+
+
+def attempt(connection: Any, call: Callable[[], object]) -> BaseException | None:
+    """Run *call*, which uses *connection*, and show what became of its error.
+
+    Prints the driver's error in full, with its class and SQLSTATE
+    (psycopg2's ``pgcode``, psycopg 3's ``sqlstate``), then what the
+    :class:`~reconnecting.ReconnectingConnection` did with it: let it
+    through, or raise :class:`~reconnecting.Retry` and count disconnections.
+    Returns the driver's error, or None (printing ``no error``).
+    """
+    before = connection.disconnects
+    error: BaseException | None
+    try:
+        call()
+    except Retry as exc:
+        error, outcome = exc.__cause__, "Retry"
+    except _driver_errors() as exc:
+        error, outcome = exc, "passed through"
+    else:
+        print("no error")
+        return None
+    sqlstate = getattr(error, "sqlstate", getattr(error, "pgcode", None))
+    print(f"{type(error).__name__} {sqlstate}: {str(error).strip()}")
+    print(f"{outcome}, disconnects +{connection.disconnects - before}")
+    return error
