@@ -7,6 +7,7 @@ import os
 import re
 from doctest import ELLIPSIS, NORMALIZE_WHITESPACE
 
+from psycopg2 import sql
 from sybil import Sybil
 from sybil.evaluators.doctest import OutputChecker
 from sybil.parsers.rest import PythonCodeBlockParser, SkipParser
@@ -16,6 +17,8 @@ from reconnecting.testing._doctest_asyncio import (
     AwaitingDocTestParser,
     close_event_loop,
 )
+from reconnecting.testing.cluster import Cluster, get_server
+from reconnecting.testing.standby import Standby
 
 # Every page runs under either driver; CI runs the suite once with each.
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
@@ -31,12 +34,32 @@ def set_up_page(namespace: dict) -> None:
     namespace["driver"] = importlib.import_module(DRIVER)
     namespace["_pgtestsetup"] = pg = PgTestSetup()
     pg.setUp()
+    namespace["_roles"] = roles()
+
+
+def roles() -> set[str]:
+    """The roles of the test server (they outlive a page's database)."""
+    conn = get_server().admin_connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT rolname FROM pg_roles")
+        return {name for (name,) in cursor.fetchall()}
+    finally:
+        conn.close()
 
 
 def tear_down_page(namespace: dict) -> None:
-    # A page that fails half-way may leave a proxy listening or a connection
-    # open; close them so the next page starts clean.
-    for value in list(namespace.values()):
+    # Whatever a page left, finished or failed half-way: proxies listening,
+    # connections open, servers of its own (standbys first, since they may
+    # hold their primary's commits), and roles; so the next page starts clean.
+    values = list(namespace.values())
+    extra_servers = [
+        value
+        for value in values
+        if isinstance(value, Cluster) and value is not get_server()
+    ]
+    extra_servers.sort(key=lambda server: not isinstance(server, Standby))
+    for value in values:
         if isinstance(value, PortForwardTestSetup):
             value.tearDown()
         elif hasattr(value, "close") and type(value).__module__.startswith(
@@ -49,7 +72,19 @@ def tear_down_page(namespace: dict) -> None:
             except Exception:
                 pass
     close_event_loop(namespace)
+    for server in extra_servers:
+        server.destroy()
     namespace["_pgtestsetup"].tearDown()
+    left = roles() - namespace["_roles"]
+    if left:
+        admin = get_server().admin_connect()
+        try:
+            for role in sorted(left):
+                admin.cursor().execute(
+                    sql.SQL("DROP ROLE {}").format(sql.Identifier(role))
+                )
+        finally:
+            admin.close()
 
 
 # psycopg 3's execute() returns its cursor, psycopg2's returns None.  A page
