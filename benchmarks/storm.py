@@ -11,7 +11,7 @@ the time from the moment the server accepts connections again until all
 
 * immediate: ``except Retry: rollback()`` and straight on, no pause;
 * attempts(): ``reconnecting.attempts(db, tries=1000, deadline=30.0)``,
-  with its default pauses (full jitter, 10 ms doubling, 1 s cap).
+  with its default pauses (full jitter, 10 ms doubling, 0.25 s cap).
 
 Against it, in the same round, the same 100 threads make plain
 ``psycopg2.connect()`` calls and the same unit of work right after the

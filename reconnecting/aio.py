@@ -832,7 +832,7 @@ async def attempts(
     deadline: float = 30.0,
     *,
     base_pause: float = 0.01,
-    max_pause: float = 1.0,
+    max_pause: float = 0.25,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,

@@ -1363,7 +1363,7 @@ def attempts(
     deadline: float = 30.0,
     *,
     base_pause: float = 0.01,
-    max_pause: float = 1.0,
+    max_pause: float = 0.25,
     sleep: Callable[[float], object] = time.sleep,
     jitter: Callable[[], float] = random.random,
     clock: Callable[[], float] = time.monotonic,
@@ -1384,10 +1384,12 @@ def attempts(
 
         jitter() * min(max_pause, base_pause * 2 ** (n - 1))
 
-    that is, up to 10 ms, 20 ms, 40 ms, ... and never more than a second by
-    default.  The loop gives up after ``tries`` attempts, or when the next
-    one would start more than ``deadline`` seconds after the loop began,
-    and raises the last :class:`Retry`.  :class:`CommitOutcomeUnknown` and
+    that is, up to 10 ms, 20 ms, 40 ms, ... and never more than a quarter
+    of a second by default: a low cap, so that clients back from a restart
+    do not sleep through the moments the server has room for them.  The
+    loop gives up after ``tries`` attempts, or when the next one would
+    start more than ``deadline`` seconds after the loop began, and raises
+    the last :class:`Retry`.  :class:`CommitOutcomeUnknown` and
     every other error roll the connection back and propagate at once.
 
     ``sleep``, ``jitter`` (a number from 0 to 1) and ``clock`` are there
