@@ -5,7 +5,13 @@ returns a new DB-API connection each time it is called).  When an operation
 finds the server gone, the operation raises :class:`Retry` and the
 connection refuses all work until the caller calls ``rollback()``.  After
 that, the same connection and cursor objects carry on with a fresh server
-connection from the factory.
+connection from the factory.  With psycopg2 or with psycopg 3, alike::
+
+    import psycopg2
+    db = ReconnectingConnection(lambda: psycopg2.connect(dsn))
+
+    import psycopg
+    db = ReconnectingConnection(lambda: psycopg.connect(dsn))
 
 This module uses the standard library only and duck-types the driver, so it
 can be copied into a project on its own.
