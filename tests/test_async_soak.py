@@ -30,18 +30,16 @@ from test_soak import (
     DURABLE,
     JOIN_SECONDS,
     MAX_ERRORS,
-    OPENING_BALANCE,
     STALL_SECONDS,
     Faults,
     Tally,
-    admin,
-    audit,
+    assert_intact,
     inject,
     ledger,  # noqa: F401 (a fixture)
-    list_backends,
     log_counter,  # noqa: F401 (a fixture)
     open_fds,
-    settle,
+    report,
+    wind_down,
 )
 
 from reconnecting import AsyncReconnectingConnection, CommitOutcomeUnknown, Retry
@@ -220,24 +218,12 @@ def test_tasks_through_drops_cut_commits_and_restarts(
             thread.join(JOIN_SECONDS)
     wall = time.monotonic() - started
 
-    settle(lambda: proxy.connections == 0)
-    proxied = proxy.connections
-    proxy.tearDown()
-    check = admin(ledger)
-    try:
-        leftovers = list_backends(check)
-        figures = audit(check, tally)
-    finally:
-        check.close()
-    settle(lambda: threading.active_count() <= threads_before)
-    threads_after = threading.active_count()
-    settle(lambda: open_fds() <= fds_before)
-    fds_after = open_fds()
-
+    left = wind_down(proxy, ledger, tally, threads_before, fds_before)
+    figures = left.pop("ledger")
     shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
-    line = "soak async: " + ", ".join(
-        f"{k}={v}"
-        for k, v in {
+    report(
+        "soak async",
+        {
             "tasks": TASKS,
             "transfers": len(tally.completed),
             **{key: shown[key] for key in sorted(shown)},
@@ -250,26 +236,15 @@ def test_tasks_through_drops_cut_commits_and_restarts(
                 "Transaction %s was rolled back; retrying"
             ],
             "wall seconds": round(wall, 2),
-        }.items()
+        },
+        figures,
+        tally,
+        record_property,
     )
-    print("\n" + line)
-    for transfer_id, count in figures["duplicate ids"]:
-        print(f"  applied {count} times: {transfer_id}")
-    for transfer_id, text in tally.unknown:
-        print(f"  CommitOutcomeUnknown for {transfer_id}: {text}")
-    record_property("soak", line)
 
     assert not stuck, f"deadlock: {stuck} tasks committed nothing for {STALL_SECONDS} s"
     assert not any(t.is_alive() for t in fault_threads), "a fault thread did not stop"
-    assert not tally.errors, "\n".join(tally.errors)
-    assert figures["lost"] == 0, figures
+    assert_intact(figures, tally, left, threads_before, fds_before)
     assert figures["duplicates"] == 0, figures["duplicate ids"]
-    assert figures["phantoms"] == 0, figures
-    assert figures["total balance"] == ACCOUNTS * OPENING_BALANCE
-    assert figures["inconsistent accounts"] == 0, figures
     assert len(tally.completed) >= MINIMUM
     assert tally.counts["commit traps fired"] >= 100
-    assert proxied == 0, f"{proxied} server connections were left open"
-    assert leftovers == [], leftovers
-    assert threads_after <= threads_before, threading.enumerate()
-    assert fds_after <= fds_before, (fds_before, fds_after)

@@ -366,22 +366,8 @@ def soak(
         tally.add("disconnects", db.disconnects)
         tally.add("reconnects", db.reconnects)
         db.close()
-    # Every server connection the wrappers made is closed: the proxy sees it.
-    settle(lambda: proxy.connections == 0)
-    proxied = proxy.connections
-    proxy.tearDown()
-
-    check = admin(pg)
-    try:
-        leftovers = list_backends(check)
-        ledger_figures = audit(check, tally)
-    finally:
-        check.close()
-    settle(lambda: threading.active_count() <= threads_before)
-    threads_after = threading.active_count()
-    settle(lambda: open_fds() <= fds_before)
-    fds_after = open_fds()
-
+    left = wind_down(proxy, pg, tally, threads_before, fds_before)
+    ledger_figures = left.pop("ledger")
     shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
     figures = {
         "transfers": len(tally.completed),
@@ -394,7 +380,40 @@ def soak(
         ],
         "wall seconds": round(wall, 2),
     }
-    line = f"soak {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
+    report(f"soak {name}", figures, ledger_figures, tally, record_property)
+
+    assert_intact(ledger_figures, tally, left, threads_before, fds_before)
+    assert len(tally.completed) >= minimum
+    return tally, ledger_figures
+
+
+def wind_down(proxy, pg, tally, threads_before, fds_before):
+    """Once the workers are done: close the proxy, audit the ledger, and
+    return the audit (``ledger``) with what was left over."""
+    # Every server connection the wrappers made is closed: the proxy sees it.
+    settle(lambda: proxy.connections == 0)
+    proxied = proxy.connections
+    proxy.tearDown()
+    check = admin(pg)
+    try:
+        leftovers = list_backends(check)
+        ledger_figures = audit(check, tally)
+    finally:
+        check.close()
+    settle(lambda: threading.active_count() <= threads_before)
+    settle(lambda: open_fds() <= fds_before)
+    return {
+        "ledger": ledger_figures,
+        "proxied": proxied,
+        "backends": leftovers,
+        "threads": threading.active_count(),
+        "fds": open_fds(),
+    }
+
+
+def report(title, figures, ledger_figures, tally, record_property):
+    """Print a soak's figures (kept for the terminal summary, pass or fail)."""
+    line = f"{title}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
     print("\n" + line)
     for transfer_id, count in ledger_figures["duplicate ids"]:
         print(f"  applied {count} times: {transfer_id}")
@@ -402,17 +421,19 @@ def soak(
         print(f"  CommitOutcomeUnknown for {transfer_id}: {text}")
     record_property("soak", line)
 
+
+def assert_intact(ledger_figures, tally, left, threads_before, fds_before):
+    """Nothing escaped, nothing lost or invented, nothing left over."""
     assert not tally.errors, "\n".join(tally.errors)
     assert ledger_figures["lost"] == 0, ledger_figures
     assert ledger_figures["phantoms"] == 0, ledger_figures
     assert ledger_figures["total balance"] == ACCOUNTS * OPENING_BALANCE
     assert ledger_figures["inconsistent accounts"] == 0, ledger_figures
-    assert len(tally.completed) >= minimum
+    proxied = left["proxied"]
     assert proxied == 0, f"{proxied} server connections were left open"
-    assert leftovers == [], leftovers
-    assert threads_after <= threads_before, threading.enumerate()
-    assert fds_after <= fds_before, (fds_before, fds_after)
-    return tally, ledger_figures
+    assert left["backends"] == [], left["backends"]
+    assert left["threads"] <= threads_before, threading.enumerate()
+    assert left["fds"] <= fds_before, (fds_before, left["fds"])
 
 
 def wait_for_workers(threads, tally):
