@@ -34,17 +34,14 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
-from reconnecting.datamanager import (
-    ConnectionDataManager,
-    TwoPhaseDataManager,
-    roll_back_prepared,
-)
+from reconnecting.datamanager import ConnectionDataManager, TwoPhaseDataManager
 from reconnecting.dsn import conninfo, parse_dsn, redacted_dsn
 from reconnecting.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
     IZopeCursor,
 )
+from reconnecting.prepared import PreparedTransactions, StillPreparedError
 
 __all__ = [
     "DRIVERS",
@@ -83,6 +80,8 @@ class ReconnectingDatabaseAdapter:
     (:class:`~reconnecting.datamanager.TwoPhaseDataManager`), which needs a
     server that allows prepared transactions; otherwise they commit when
     they vote (:class:`~reconnecting.datamanager.ConnectionDataManager`).
+    Prepared transactions not yet known to be finished are noted in
+    :attr:`prepared`, for every thread, until they are.
     """
 
     #: The driver's parameter style: ``%(name)s`` and ``%s``.
@@ -113,6 +112,10 @@ class ReconnectingDatabaseAdapter:
         if transaction_manager is None:
             transaction_manager = transaction.manager
         self._transaction_manager = transaction_manager
+        #: The prepared transactions of this adapter not known to be
+        #: finished, with the decision for each (see
+        #: :mod:`reconnecting.prepared`).
+        self.prepared = PreparedTransactions(self._connect_to_server)
         self.setDSN(dsn)
 
     def __repr__(self) -> str:
@@ -207,7 +210,6 @@ class ZopeConnection:
         self._type_info = type_info
         self._transaction_manager = transaction_manager
         self._joined: Any = None  # the transaction our data manager is in
-        self._leftovers: set[str] = set()  # prepared transactions to roll back
 
     @property
     def connection(self) -> ReconnectingConnection:
@@ -239,33 +241,29 @@ class ZopeConnection:
     def registerForTxn(self) -> None:  # noqa: N802 (Zope API)
         """Join the current transaction, unless already joined to it.
 
-        Prepared transactions that an abort could not roll back (the server
-        was unreachable) are rolled back first.
+        Prepared transactions of the adapter whose decision is known but
+        not yet carried out (the server was unreachable) are finished
+        first; one that cannot be, within ``resolve_timeout``, raises
+        :class:`~reconnecting.Retry`, since it may hold the locks this
+        transaction needs.
         """
         current = self._transaction_manager.get()
         if self._joined is not current:
-            while self._leftovers:
-                gid = min(self._leftovers)
-                roll_back_prepared(self._connection, gid)
-                self._leftovers.discard(gid)
             two_phase = self._type_info.two_phase
             manager = TwoPhaseDataManager if two_phase else ConnectionDataManager
             current.join(manager(self, self._transaction_manager, current))
             self._joined = current
+            self._finish_prepared()
 
-    def roll_back_prepared(self, gid: str) -> None:
-        """Roll back the prepared transaction ``gid`` now or, if the server
-        cannot be reached, before the next transaction joins."""
-        self._leftovers.add(gid)
-        try:
-            roll_back_prepared(self._connection, gid)
-        except Exception as exc:
-            if not (isinstance(exc, Retry) or self._connection.closed):
-                raise
-            # Its name makes it easy to find: see GID_PREFIX.
-            log.warning("Prepared transaction %s left to roll back: %s", gid, exc)
-        else:
-            self._leftovers.discard(gid)
+    def _finish_prepared(self) -> None:
+        prepared = self._type_info.prepared
+        if not len(prepared):
+            return
+        outcomes = prepared.finish(timeout=self._type_info.resolve_timeout)
+        for gid, outcome in outcomes.items():
+            if outcome not in ("committed", "rolled back") and gid in prepared:
+                error = StillPreparedError(gid, str(prepared[gid]), outcome)
+                raise Retry((StillPreparedError, error, None)) from error
 
     def leave(self, finished: Any) -> None:
         """Forget the transaction ``finished``, if joined to it: the next

@@ -5,10 +5,16 @@ A data manager joins the current transaction for one
 :class:`ConnectionDataManager`, commits the database transaction in the
 two-phase commit's vote; :class:`TwoPhaseDataManager` (``two_phase=True``
 on the adapter) prepares it there with ``PREPARE TRANSACTION`` and commits
-it in ``tpc_finish``.  Both roll back on abort, and tell the transaction
-manager to retry after a :class:`~reconnecting.Retry`, but never after
-another connection of the same transaction committed: that raises
-:class:`PartialCommitError`.  Needs ``transaction`` (the ``zope`` extra).
+it in ``tpc_finish``.  Both roll back on abort, take savepoints
+(``SAVEPOINT``), and tell the transaction manager to retry after a
+:class:`~reconnecting.Retry`, but never after another connection of the
+same transaction committed: that raises :class:`PartialCommitError`.
+Needs ``transaction`` (the ``zope`` extra).
+
+The rule for prepared work: a decision that is unknown stays unknown.
+Prepared work is rolled back only when the decision was abort, committed
+when it was commit, and otherwise left prepared, noted by its gid in the
+adapter's :class:`~reconnecting.prepared.PreparedTransactions`.
 
 A data manager sees its connection only through :class:`JoinedConnection`,
 so this module does not depend on :mod:`reconnecting.adapter`.
@@ -17,16 +23,16 @@ so this module does not depend on :mod:`reconnecting.adapter`.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from transaction.interfaces import IRetryDataManager
+from transaction.interfaces import IDataManagerSavepoint, IRetryDataManager
 from zope.interface import implementer
 
 from reconnecting.connection import CommitOutcomeUnknown, ReconnectingConnection, Retry
+from reconnecting.prepared import ABORT, COMMIT, UNKNOWN, PreparedTransactions
 
 __all__ = [
     "GID_PREFIX",
@@ -49,6 +55,8 @@ class AdapterSettings(Protocol):
 
     #: Seconds to wait for the server to tell what became of a commit.
     resolve_timeout: float
+    #: The prepared transactions of the adapter not known to be finished.
+    prepared: PreparedTransactions
 
     @property
     def redacted_dsn(self) -> str:
@@ -67,37 +75,51 @@ class JoinedConnection(Protocol):
         """The connection whose database transaction is committed."""
 
     def getTypeInfo(self) -> AdapterSettings:  # noqa: N802 (Zope API)
-        """The adapter: its ``redacted_dsn`` and ``resolve_timeout``."""
+        """The adapter: its ``redacted_dsn``, ``resolve_timeout`` and
+        ``prepared``."""
 
     def leave(self, txn: Any) -> None:
         """Forget ``txn``, if joined to it: the next use joins anew."""
 
-    def roll_back_prepared(self, gid: str) -> None:
-        """Roll back the prepared transaction ``gid``, now or, if the server
-        cannot be reached, before the next transaction joins."""
-
 
 class PartialCommitError(Exception):
-    """Some connections of a transaction committed, and others did not.
+    """Some connections of a transaction committed, and others did not, or
+    may not have.
 
     Not a :class:`~reconnecting.Retry`, and no data manager retries it:
     running the unit of work again would apply the committed part twice.
-    ``committed`` and ``not_committed`` describe the connections by their
-    DSN, without passwords.
+    ``committed``, ``not_committed`` and ``unknown`` (whose commit is in
+    doubt, or whose prepared work waits for a decision that is in doubt)
+    describe the connections by their DSN, without passwords.
     """
 
-    def __init__(self, committed: list[str], not_committed: list[str], reason: str):
-        super().__init__(committed, not_committed, reason)
+    def __init__(
+        self,
+        committed: list[str],
+        not_committed: list[str],
+        reason: str,
+        unknown: list[str] | tuple[str, ...] = (),
+    ):
+        super().__init__(committed, not_committed, reason, unknown)
         self.committed = tuple(committed)
         self.not_committed = tuple(not_committed)
+        self.unknown = tuple(unknown)
         self.reason = reason
 
     def __str__(self) -> str:
+        parts = [
+            f"{label} {', '.join(names)}"
+            for label, names in (
+                ("committed", self.committed),
+                ("not committed", self.not_committed),
+                ("outcome unknown", self.unknown),
+            )
+            if names
+        ]
         return (
-            f"the transaction committed only in part: committed"
-            f" {', '.join(self.committed)}; not committed"
-            f" {', '.join(self.not_committed)} ({self.reason}); not retried,"
-            " since that would apply the committed part twice"
+            f"the transaction committed only in part: {'; '.join(parts)}"
+            f" ({self.reason}); not retried, since that would apply the"
+            " committed part twice"
         )
 
 
@@ -107,7 +129,10 @@ class _Siblings:
     def __init__(self) -> None:
         self.joined: list[ConnectionDataManager] = []  # in the order they joined
         self.name = uuid.uuid4().hex  # part of each prepared transaction's id
-        self.decided = False  # every vote was yes: prepared work must commit
+        # None while voting; COMMIT once every vote said yes; UNKNOWN when
+        # a one-phase commit, which decides for the prepared ones, is in doubt.
+        self.decision: str | None = None
+        self.counted = False  # _EveryVote joined
 
 
 def _siblings(txn: Any) -> _Siblings:
@@ -117,6 +142,41 @@ def _siblings(txn: Any) -> _Siblings:
         siblings = _Siblings()
         txn.set_data(_Siblings, siblings)
         return siblings
+
+
+class _EveryVote:
+    """Joins a transaction that has prepared work, and votes after every
+    other resource: its vote is reached only when all said yes, which is
+    the decision to commit, even if a ``tpc_finish`` fails later."""
+
+    def __init__(self, siblings: _Siblings, transaction_manager: Any) -> None:
+        self._siblings = siblings
+        self.transaction_manager = transaction_manager
+
+    def sortKey(self) -> str:  # noqa: N802 (transaction API)
+        return "\U0010ffffreconnecting: every vote said yes"
+
+    def tpc_vote(self, txn: Any) -> None:
+        if self._siblings.decision is None:
+            self._siblings.decision = COMMIT
+
+    def abort(self, txn: Any) -> None:
+        # Unjoined (a savepoint rolled back to before it joined): the next
+        # two-phase data manager of the transaction joins it again.
+        self._siblings.counted = False
+
+    def _nothing(self, txn: Any) -> None:
+        """Nothing to do."""
+
+    tpc_begin = commit = tpc_finish = tpc_abort = _nothing
+
+    def savepoint(self) -> _NothingToUndo:
+        return _NothingToUndo()
+
+
+class _NothingToUndo:
+    def rollback(self) -> None:
+        """Nothing to undo."""
 
 
 @implementer(IRetryDataManager)
@@ -141,8 +201,11 @@ class ConnectionDataManager:
         self._siblings = _siblings(txn)
         self._siblings.joined.append(self)
         self._number = len(self._siblings.joined)
+        self._savepoints = 0
         #: True once this connection's work is committed.
         self.committed = False
+        #: True when its commit lost its reply and nobody could tell.
+        self.in_doubt = False
 
     @property
     def name(self) -> str:
@@ -168,24 +231,63 @@ class ConnectionDataManager:
         here, where a failure still aborts the whole transaction.  A
         :class:`~reconnecting.Retry` raised here means the commit did not
         happen; it becomes :class:`PartialCommitError` if another
-        connection of the transaction committed already.
+        connection of the transaction committed already.  When the outcome
+        is unknown (:class:`~reconnecting.CommitOutcomeUnknown`), the
+        decision for the prepared connections is unknown too: they stay
+        prepared, and the error names them.
         """
         try:
             self._connection.connection.commit()
+        except CommitOutcomeUnknown as exc:
+            self.in_doubt = True
+            self._siblings.decision = UNKNOWN
+            left = [s.gid for s in self._siblings.joined if s._answer() == "unknown"]
+            gids = [gid for gid in left if gid is not None]
+            if not gids:
+                self._refuse_partial_retry(exc)
+                raise
+            reason = f"{exc.reason}; left prepared: {', '.join(gids)}"
+            unknown = CommitOutcomeUnknown(exc.transaction_id, reason)
+            unknown.__cause__ = exc
+            self._refuse_partial_retry(unknown)
+            raise unknown from exc
         except Exception as exc:
             self._refuse_partial_retry(exc)
             raise
         self.committed = True
 
+    gid: str | None = None  # one-phase commits have no prepared transaction
+
+    def _answer(self) -> str:
+        """``"committed"``, ``"not committed"`` or ``"unknown"``."""
+        if self.committed:
+            return "committed"
+        return "unknown" if self.in_doubt else "not committed"
+
+    def _pending(self) -> bool:
+        """Prepared, and not finished yet."""
+        return False
+
     def _refuse_partial_retry(self, exc: Exception) -> None:
         """Raise :class:`PartialCommitError` if a sibling committed already."""
         joined = self._siblings.joined
-        committed = [s.name for s in joined if s.committed]
-        if committed:
-            not_committed = [s.name for s in joined if not s.committed]
-            message = (str(exc).strip().splitlines() or [""])[0]
-            reason = f"{type(exc).__name__}: {message}"
-            raise PartialCommitError(committed, not_committed, reason) from exc
+        if not any(s.committed for s in joined):
+            return
+        answers: dict[str, list[str]] = {
+            "committed": [],
+            "not committed": [],
+            "unknown": [],
+        }
+        for sibling in joined:
+            answers[sibling._answer()].append(sibling.name)
+        message = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"{type(exc).__name__}: {message}"
+        raise PartialCommitError(
+            answers["committed"],
+            answers["not committed"],
+            reason,
+            unknown=answers["unknown"],
+        ) from exc
 
     def tpc_finish(self, txn: Any) -> None:
         """Forget the finished transaction."""
@@ -213,13 +315,48 @@ class ConnectionDataManager:
         """
         return isinstance(exception, Retry)
 
+    def savepoint(self) -> Savepoint:
+        """Take a savepoint of the database transaction: ``SAVEPOINT``."""
+        self._savepoints += 1
+        savepoint = Savepoint(self._connection.connection, self._savepoints)
+        savepoint.run("SAVEPOINT")
+        return savepoint
+
+
+@implementer(IDataManagerSavepoint)
+class Savepoint:
+    """A savepoint of one connection's database transaction.
+
+    :meth:`rollback` undoes what the connection did since, with
+    ``ROLLBACK TO SAVEPOINT``, as often as asked.  After an outage the
+    database transaction is gone, savepoints and all: it raises
+    :class:`~reconnecting.Retry`.
+    """
+
+    def __init__(self, connection: ReconnectingConnection, number: int) -> None:
+        self._connection = connection
+        self.name = f"reconnecting_{number}"
+
+    def run(self, command: str) -> None:
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(f"{command} {self.name}")
+        finally:
+            cursor.close()
+
+    def rollback(self) -> None:
+        """Undo the work done since the savepoint was taken."""
+        self.run("ROLLBACK TO SAVEPOINT")
+
 
 class TwoPhaseDataManager(ConnectionDataManager):
     """A data manager that prepares in :meth:`tpc_vote` and commits in
     :meth:`tpc_finish`, with PostgreSQL's ``PREPARE TRANSACTION``.
 
-    Its prepared transaction is named :attr:`gid`.  The server must allow
-    prepared transactions (``max_prepared_transactions`` above 0).
+    Its prepared transaction is named :attr:`gid`, and noted in the
+    adapter's ``prepared`` from the moment it is sent until the server
+    confirms that it is finished.  The server must allow prepared
+    transactions (``max_prepared_transactions`` above 0).
     """
 
     _phase = 1
@@ -233,26 +370,57 @@ class TwoPhaseDataManager(ConnectionDataManager):
         super().__init__(connection, transaction_manager, txn)
         #: The prepared transaction's id: :data:`GID_PREFIX`, the Zope
         #: transaction's random name, and this connection's number in it.
-        self.gid = f"{GID_PREFIX}{self._siblings.name}:{self._number}"
-        # "active", then "preparing", "prepared", and "finished" or "in doubt"
+        self.gid = self._gid = f"{GID_PREFIX}{self._siblings.name}:{self._number}"
+        # "active", then "preparing", "prepared", and "finished", "left"
+        # (prepared, the decision unknown) or "in doubt" (not finished yet)
         self._state = "active"
-        self._xid: Any = None  # the database transaction's id, once known
+        if not self._siblings.counted:
+            self._siblings.counted = True
+            txn.join(_EveryVote(self._siblings, transaction_manager))
+
+    @property
+    def _prepared(self) -> PreparedTransactions:
+        return self._connection.getTypeInfo().prepared
+
+    @property
+    def _timeout(self) -> float:
+        return self._connection.getTypeInfo().resolve_timeout
+
+    def _answer(self) -> str:
+        if self.committed:
+            return "committed"
+        if self._state == "prepared" and self._siblings.decision == UNKNOWN:
+            return "unknown"
+        return "not committed"
+
+    def _pending(self) -> bool:
+        return self._state == "prepared"
 
     def tpc_vote(self, txn: Any) -> None:
         """Prepare the database transaction: ``PREPARE TRANSACTION``.
 
         The prepared work survives outages and server restarts, and waits
-        for ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``.
+        for ``COMMIT PREPARED`` or ``ROLLBACK PREPARED``.  If the connection
+        breaks before the reply, the transaction may be prepared, or still
+        being prepared: :meth:`abort` asks the server.
         """
         cursor = self._connection.connection.cursor()
         try:
             # Its id tells, once it is no longer prepared, what became of it.
-            cursor.execute("SELECT txid_current()")
-            self._xid = _first_value(cursor.fetchone())
+            cursor.execute(
+                "SELECT txid_current()::text, pg_postmaster_start_time()::text"
+            )
+            xid, started = _values(cursor.fetchone())
+            self._prepared.note(self._gid, xid, started)
             self._state = "preparing"
-            cursor.execute(f"PREPARE TRANSACTION '{self.gid}'")
+            cursor.execute(f"PREPARE TRANSACTION '{self._gid}'")
             self._state = "prepared"
+            self._prepared.confirm(self._gid)
         except Exception as exc:
+            if self._state == "preparing" and not isinstance(exc, Retry):
+                # The server refused it (a deferred constraint, ...).
+                self._state = "active"
+                self._prepared.forget(self._gid)
             self._refuse_partial_retry(exc)
             raise
         finally:
@@ -264,75 +432,88 @@ class TwoPhaseDataManager(ConnectionDataManager):
 
         :raises ~reconnecting.CommitOutcomeUnknown: if the server cannot be
             asked within the adapter's ``resolve_timeout``; the transaction
-            stays prepared until somebody commits it.
+            stays prepared, noted with the decision to commit, which the
+            adapter carries out before its next transaction.
         :raises PartialCommitError: if somebody rolled the prepared
             transaction back.
         """
-        self._siblings.decided = True
         try:
-            self._commit_prepared()
+            outcome = self._carry_out(COMMIT)
         finally:
             self._connection.leave(txn)
+        if outcome == "committed":
+            return
+        if outcome == "rolled back":
+            joined = self._siblings.joined
+            committed = [s.name for s in joined if s.committed]
+            # The prepared ones still to finish: commits that may yet fail.
+            unknown = [s.name for s in joined if s is not self and s._pending()]
+            reason = f"{self._gid} was rolled back by somebody else"
+            raise PartialCommitError(committed, [self.name], reason, unknown=unknown)
+        reason = f"{outcome}; it stays prepared until committed"
+        raise CommitOutcomeUnknown(self._gid, reason)
 
-    def _commit_prepared(self) -> None:
-        deadline = time.monotonic() + self._connection.getTypeInfo().resolve_timeout
-        pause, asked = 0.01, False
-        while True:
+    def _carry_out(self, decision: str) -> str:
+        """Commit or roll back the prepared transaction; return the outcome:
+        ``"committed"``, ``"rolled back"``, or why it is not known."""
+        outcome = None
+        if self._state == "prepared":  # the connection is fine: one try on it
+            verb = "COMMIT" if decision == COMMIT else "ROLLBACK"
             try:
                 with _autocommit(self._connection.connection) as cursor:
-                    if asked and not _is_prepared(cursor, self.gid):
-                        return self._gone(cursor)
-                    asked = True
-                    cursor.execute(f"COMMIT PREPARED '{self.gid}'")
-                self._state, self.committed = "finished", True
-                return
-            except Retry as exc:  # in doubt: did the server commit it?
-                error: Exception = exc
+                    cursor.execute(f"{verb} PREPARED '{self._gid}'")
             except Exception as exc:
-                # 55000 "is busy": the lost COMMIT PREPARED is still running;
-                # 42704 "does not exist": it finished meanwhile.
-                if _sqlstate(exc) not in ("55000", "42704"):
+                # A lost reply; 55000 "is busy": the lost command is still
+                # running; 42704 "does not exist": it finished meanwhile.
+                if not (isinstance(exc, Retry) or _sqlstate(exc) in ("55000", "42704")):
                     raise
-                error = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._state = "in doubt"  # for somebody to commit: no abort
-                why = "unreachable" if isinstance(error, Retry) else "busy"
-                reason = f"{why}; it stays prepared until committed"
-                raise CommitOutcomeUnknown(self.gid, reason) from error
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.5)
-
-    def _gone(self, cursor: Any) -> None:
-        """The prepared transaction is gone: committed, unless someone rolled
-        it back."""
-        cursor.execute("SELECT txid_status(%s)", (self._xid,))
-        status = _first_value(cursor.fetchone())
-        if status == "committed":
-            self._state, self.committed = "finished", True
-            return
-        self._state = "finished"
-        if status == "aborted":
-            others = [s.name for s in self._siblings.joined if s is not self]
-            reason = f"{self.gid} was rolled back by somebody else"
-            raise PartialCommitError(others, [self.name], reason)
-        raise CommitOutcomeUnknown(self.gid, f"status {status!r}")
+                # Ready for the next transaction; the server is asked anew.
+                self._connection.connection.rollback()
+            else:
+                outcome = "committed" if decision == COMMIT else "rolled back"
+                self._prepared.forget(self._gid)
+        if outcome is None:  # ask the server, within the time allowed
+            self._prepared.decide(self._gid, decision)
+            outcome = self._prepared.settle(self._gid, self._timeout)
+        if outcome in ("committed", "rolled back"):
+            self._state = "finished"
+            self.committed = outcome == "committed"
+        else:
+            self._state = "in doubt"  # noted, with its decision, for later
+            log.warning(
+                "Prepared transaction %s not finished (%s): %s",
+                self._gid,
+                decision,
+                outcome,
+            )
+        return outcome
 
     def abort(self, txn: Any) -> None:
         """Roll back; a prepared transaction with ``ROLLBACK PREPARED``.
 
-        Called after every vote said yes (a failing ``tpc_finish``), it
-        commits instead: that was the decision.
+        Called after every vote said yes (a ``tpc_finish`` failed), it
+        commits instead: that was the decision.  When the decision is
+        unknown, the prepared transaction stays, noted as such.
         """
         try:
             if self._state in ("preparing", "prepared"):
-                if self._siblings.decided:
-                    self._commit_prepared()
+                decision = self._siblings.decision or ABORT
+                if decision == UNKNOWN:
+                    self._state = "left"
+                    self._prepared.decide(self._gid, UNKNOWN)
+                    log.error(
+                        "Prepared transaction %s left prepared: whether to commit"
+                        " it is unknown",
+                        self._gid,
+                    )
                 else:
-                    self._state = "finished"
-                    self._connection.roll_back_prepared(self.gid)
+                    self._carry_out(decision)
         finally:
             super().abort(txn)
+
+    def tpc_abort(self, txn: Any) -> None:
+        """As :meth:`abort`."""
+        self.abort(txn)
 
 
 @contextmanager
@@ -352,28 +533,11 @@ def _autocommit(connection: Any) -> Iterator[Any]:
         connection.autocommit = False
 
 
-def _is_prepared(cursor: Any, gid: str) -> bool:
-    cursor.execute("SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,))
-    return _first_value(cursor.fetchone()) > 0
-
-
-def roll_back_prepared(connection: Any, gid: str) -> None:
-    """``ROLLBACK PREPARED`` the transaction ``gid`` on ``connection`` (a
-    :class:`~reconnecting.ReconnectingConnection`), if it is prepared.
-
-    :raises ~reconnecting.Retry: if the server cannot be reached.
-    """
-    with _autocommit(connection) as cursor:
-        if _is_prepared(cursor, gid):
-            cursor.execute(f"ROLLBACK PREPARED '{gid}'")
-            log.info("Rolled back prepared transaction %s", gid)
-
-
-def _first_value(row: Any) -> Any:
+def _values(row: Any) -> list[Any]:
     # Whatever row factory the caller chose: tuple, list, dict or namedtuple.
     if isinstance(row, Mapping):
-        return next(iter(row.values()))
-    return row[0]
+        return list(row.values())
+    return list(row)
 
 
 def _sqlstate(exc: BaseException) -> str | None:

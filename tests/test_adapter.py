@@ -7,6 +7,7 @@ import io
 import os
 import re
 import threading
+from contextlib import closing
 from urllib.parse import quote_plus
 
 import psycopg2
@@ -30,6 +31,7 @@ from reconnecting.interfaces import (
     IZopeCursor,
 )
 from reconnecting.testing import PortForwardTestSetup, wait_until
+from reconnecting.testing.pages import MemoryResource, ResourceError
 
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
 
@@ -439,8 +441,11 @@ def commit_or_error(tm):
         return exc
 
 
-def test_two_phase_abort_rolls_back_later_when_unreachable(pair, tm, proxy, direct):
-    first, last = pair(two_phase=True)
+@pytest.mark.parametrize("disconnect", [False, True])
+def test_two_phase_abort_rolls_back_later_when_unreachable(
+    pair, tm, proxy, direct, disconnect
+):
+    first, last = pair(two_phase=True, resolve_timeout=0.2)
     write_both(first, last)
     txn = tm.get()
     managers = sorted(joined2(tm), key=lambda dm: dm.sortKey())
@@ -449,10 +454,178 @@ def test_two_phase_abort_rolls_back_later_when_unreachable(pair, tm, proxy, dire
         dm.tpc_vote(txn)
     proxy.tearDown()  # the last cannot roll back now
     tm.abort()
-    assert prepared(direct) == [managers[1].gid]
+    gid = managers[1].gid
+    assert prepared(direct) == [gid] and dict(last.prepared) == {gid: "abort"}
+    if disconnect:
+        last.disconnect()  # the thread's connection is closed: the note stays
     proxy.setUp()
-    last().cursor().execute("SELECT 1")  # first rolls back what was left
+    last().cursor().execute("SELECT 1")  # rolls back what was left first
     assert prepared(direct) == [] and ledger(direct) == {}
+    assert dict(last.prepared) == {}
+
+
+# -- the rule: an unknown decision stays unknown; nothing prepared is forgotten --
+
+
+def backends_preparing(pg):
+    with closing(pg.connect()) as watcher:
+        cursor = watcher.cursor()
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+            " AND query LIKE 'PREPARE TRANSACTION%'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_an_outage_while_prepare_runs_leaves_no_orphan(pg, pair, tm, proxy, direct):
+    # A deferred trigger makes PREPARE TRANSACTION take a while, as
+    # synchronous replication would; the connection breaks meanwhile.
+    direct.execute("CREATE TABLE slow_key (k int PRIMARY KEY)")
+    direct.execute(
+        "CREATE FUNCTION slow_prepare() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$"
+    )
+    direct.execute(
+        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON slow_key DEFERRABLE"
+        " INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_prepare()"
+    )
+    _, last = pair(two_phase=True)
+    last().cursor().execute("INSERT INTO slow_key VALUES (1)")
+
+    def drop_while_preparing():
+        wait_until(lambda: backends_preparing(pg) == 1)
+        proxy.drop()
+
+    dropper = threading.Thread(target=drop_while_preparing)
+    dropper.start()
+    with pytest.raises(Retry):
+        tm.commit()
+    dropper.join()
+    tm.abort()
+    wait_until(lambda: backends_preparing(pg) == 0)
+    assert prepared(direct) == [] and dict(last.prepared) == {}
+    last().cursor().execute("INSERT INTO slow_key VALUES (1)")  # the retry
+    tm.commit()
+    direct.execute("SELECT k FROM slow_key")
+    assert direct.fetchall() == [(1,)]
+
+
+def test_an_unknown_one_phase_decision_leaves_the_prepared_part(
+    pair, tm, proxy, direct
+):
+    # The one-phase connection decides for the prepared one; its COMMIT
+    # went through, but nobody can tell.
+    first, last = pair(two_phase=True, last_two_phase=False, resolve_timeout=0.2)
+    write_both(first, last)
+    proxy.cut_on_commit(deliver=True, go_down=True)
+    with pytest.raises(CommitOutcomeUnknown) as error:
+        tm.commit()
+    tm.abort()
+    (gid,) = prepared(direct)
+    assert f"left prepared: {gid}" in str(error.value)
+    assert dict(first.prepared) == {gid: "unknown"}
+    assert ledger(direct) == {"last": 1}
+    assert first.prepared.finish(gid, commit=True) == {gid: "committed"}
+    assert ledger(direct) == {"first": 1, "last": 1} and prepared(direct) == []
+    assert dict(first.prepared) == {}
+
+
+def test_a_failing_tpc_finish_elsewhere_commits_the_prepared_work(pair, tm, direct):
+    first, last = pair(two_phase=True)
+    storage = MemoryResource(tm, key="a storage", fail_at="finish")
+    write_both(first, last)
+    storage.write("object")
+    with pytest.raises(ResourceError):
+        tm.commit()  # every vote said yes: the decision was to commit
+    tm.abort()
+    assert ledger(direct) == {"first": 1, "last": 1} and prepared(direct) == []
+
+
+def test_partial_commit_error_tells_unknown_from_not_committed(pair, tm, proxy, direct):
+    first, last = pair(resolve_timeout=0.2)
+    write_both(first, last)
+    proxy.cut_on_commit(deliver=True, go_down=True)  # the last commit in doubt
+    with pytest.raises(PartialCommitError) as error:
+        tm.commit()
+    tm.abort()
+    assert error.value.committed == (first.redacted_dsn,)
+    assert error.value.not_committed == ()
+    assert error.value.unknown == (last.redacted_dsn,)
+    assert "outcome unknown" in str(error.value)
+    assert ledger(direct) == {"first": 1, "last": 1}  # both did commit
+
+
+def test_commit_prepared_in_doubt_is_bounded(pair, tm, proxy, direct):
+    # The reply of COMMIT PREPARED is lost, and the reconnect is silent.
+    first, last = pair(two_phase=True, resolve_timeout=0.5)
+    write_both(first, last)
+    proxy.cut_on_commit(deliver=False, go_down=True)
+
+    def silence_after_the_cut():
+        wait_until(lambda: proxy.commit_cuts == 1)
+        proxy.tearDown()
+        proxy.setUp()
+        proxy.blackhole()
+
+    silencer = threading.Thread(target=silence_after_the_cut)
+    silencer.start()
+    outcome = []
+    committer = threading.Thread(target=lambda: outcome.append(commit_or_error(tm)))
+    committer.start()
+    committer.join(60)  # only to fail, not hang, if it is not bounded
+    silencer.join()
+    proxy.restore()
+    proxy.drop()  # lets the silent connect give up
+    assert not committer.is_alive()
+    (error,) = outcome
+    assert isinstance(error, CommitOutcomeUnknown), error
+    assert "stays prepared" in str(error)
+    gid = error.transaction_id
+    assert prepared(direct) == [gid]
+    assert dict(last.prepared) == {gid: "commit"}  # the decision was commit
+    assert last.prepared.finish() == {gid: "committed"}
+    assert ledger(direct) == {"first": 1, "last": 1} and prepared(direct) == []
+
+
+@pytest.mark.parametrize("two_phase", [False, True])
+@pytest.mark.parametrize("optimistic", [False, True])
+def test_savepoints(pair, tm, direct, two_phase, optimistic):
+    first, _ = pair(two_phase=two_phase)
+    cursor = first().cursor()
+    cursor.execute("INSERT INTO ledger VALUES ('kept')")
+    savepoint = tm.savepoint(optimistic=optimistic)
+    cursor.execute("INSERT INTO ledger VALUES ('undone')")
+    savepoint.rollback()
+    cursor.execute("INSERT INTO ledger VALUES ('again')")
+    savepoint.rollback()  # as often as asked
+    cursor.execute("INSERT INTO ledger VALUES ('after')")
+    tm.commit()
+    assert ledger(direct) == {"after": 1, "kept": 1}
+
+
+def test_a_savepoint_before_the_connection_joined(pair, tm, direct):
+    first, _ = pair()
+    storage = MemoryResource(tm)
+    storage.write("joins first")
+    savepoint = tm.savepoint()
+    first().cursor().execute("INSERT INTO ledger VALUES ('undone')")
+    savepoint.rollback()  # the connection joined after it: rolled back
+    first().cursor().execute("INSERT INTO ledger VALUES ('kept')")
+    tm.commit()
+    assert ledger(direct) == {"kept": 1}
+
+
+def test_a_savepoint_after_an_outage_is_retried(pair, tm, proxy, direct):
+    _, last = pair()
+
+    def unit_of_work(runs):
+        last().cursor().execute("INSERT INTO ledger VALUES ('last')")
+        if runs == 1:
+            proxy.drop()  # the savepoint finds the connection gone
+        tm.savepoint().rollback()
+
+    assert run(tm, unit_of_work) == 2
+    assert ledger(direct) == {"last": 1}
 
 
 def test_the_driver_is_chosen_by_name(pg, tm):

@@ -30,6 +30,8 @@ __all__ = [
     "Call",
     "LogMessages",
     "Listener",
+    "MemoryResource",
+    "ResourceError",
     "Transfers",
     "Writer",
     "activity",
@@ -461,3 +463,73 @@ def attempt(connection: Any, call: Callable[[], object]) -> BaseException | None
     print(f"{type(error).__name__} {sqlstate}: {str(error).strip()}")
     print(f"{outcome}, disconnects +{connection.disconnects - before}")
     return error
+
+
+# -- adapter.rst: a resource of another kind in the same transaction ----------
+
+
+class MemoryResource:
+    """A resource of a ``transaction`` that keeps its values in memory, as a
+    storage of another kind would (ZODB's sorts before the adapter's).
+
+    ``write(value)`` joins the current transaction of ``tm``; the values
+    reach ``committed`` in ``tpc_finish``.  ``fail_at`` (``"vote"`` or
+    ``"finish"``) makes that phase raise :class:`ResourceError`, once.
+    """
+
+    def __init__(self, tm: Any, key: str = "memory", fail_at: str | None = None):
+        self.transaction_manager = tm
+        self.key, self.fail_at = key, fail_at
+        self.committed: list[Any] = []
+        self._pending: list[Any] = []
+        self._joined: Any = None
+
+    def write(self, value: Any) -> None:
+        txn = self.transaction_manager.get()
+        if self._joined is not txn:
+            txn.join(self)
+            self._joined = txn
+            self._pending[:] = []
+        self._pending.append(value)
+
+    def sortKey(self) -> str:  # noqa: N802 (transaction API)
+        return self.key
+
+    def _fail(self, phase: str) -> None:
+        if self.fail_at == phase:
+            self.fail_at = None
+            raise ResourceError(f"{self.key} fails at {phase}")
+
+    def tpc_vote(self, txn: Any) -> None:
+        self._fail("vote")
+
+    def tpc_finish(self, txn: Any) -> None:
+        self._fail("finish")
+        self.committed += self._pending
+        self.abort(txn)
+
+    def abort(self, txn: Any) -> None:
+        self._joined = None
+        self._pending[:] = []
+
+    tpc_abort = abort
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    commit = tpc_begin
+
+    def savepoint(self) -> _MemorySavepoint:
+        return _MemorySavepoint(self._pending)
+
+
+class _MemorySavepoint:
+    def __init__(self, pending: list[Any]) -> None:
+        self._pending, self._kept = pending, list(pending)
+
+    def rollback(self) -> None:
+        self._pending[:] = self._kept
+
+
+class ResourceError(Exception):
+    """What a :class:`MemoryResource` told to fail raises."""
