@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,14 +72,14 @@ class _Note:
     confirmed: bool = False  # the server replied to PREPARE TRANSACTION
 
 
-class PreparedTransactions:
+class PreparedTransactions(Mapping[str, "str | None"]):
     """The prepared transactions of one adapter that are not known finished.
 
     ``connect`` makes a new server connection (a driver connection) for
     the conversations about them.  The adapter keeps one of these for all
     its threads, as its ``prepared`` attribute, so closing a connection
-    forgets nothing.  ``dict(adapter.prepared)`` shows the notes, gid to
-    decision.
+    forgets nothing.  It is a read-only mapping of each noted gid to its
+    decision: ``dict(adapter.prepared)`` shows them.
     """
 
     def __init__(self, connect: Callable[[], Any]) -> None:
@@ -90,22 +90,16 @@ class PreparedTransactions:
     def __repr__(self) -> str:
         return f"<PreparedTransactions {dict(self)!r}>"
 
-    def keys(self) -> list[str]:
-        with self._lock:
-            return sorted(self._notes)
-
     def __getitem__(self, gid: str) -> str | None:
         with self._lock:
             return self._notes[gid].decision
 
-    def __iter__(self) -> Any:
-        return iter(self.keys())
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            return iter(sorted(self._notes))
 
     def __len__(self) -> int:
         return len(self._notes)
-
-    def __contains__(self, gid: object) -> bool:
-        return gid in self._notes
 
     # -- what the data managers tell ------------------------------------------
 

@@ -564,8 +564,8 @@ def test_commit_prepared_in_doubt_is_bounded(pair, tm, proxy, direct):
     def silence_after_the_cut():
         wait_until(lambda: proxy.commit_cuts == 1)
         proxy.tearDown()
+        proxy.blackhole()  # before listening: no reconnect slips through
         proxy.setUp()
-        proxy.blackhole()
 
     silencer = threading.Thread(target=silence_after_the_cut)
     silencer.start()

@@ -25,12 +25,14 @@ from typing import Any
 
 from reconnecting.connection import CommitOutcomeUnknown, Retry
 from reconnecting.testing.pgsql import PgTestSetup
+from reconnecting.testing.waiting import wait_until
 
 __all__ = [
     "Call",
     "LogMessages",
     "Listener",
     "MemoryResource",
+    "PreparingWatch",
     "ResourceError",
     "Transfers",
     "Writer",
@@ -48,6 +50,7 @@ __all__ = [
     "run",
     "server_log",
     "server_port",
+    "silence_after_commit_cut",
     "shutting_down",
     "waiting_clients",
     "waits_for_a_lock",
@@ -468,18 +471,76 @@ def attempt(connection: Any, call: Callable[[], object]) -> BaseException | None
 # -- adapter.rst: a resource of another kind in the same transaction ----------
 
 
+def _preparing() -> int:
+    """How many sessions of the test server run PREPARE TRANSACTION now."""
+    conn = PgTestSetup().connect()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+            " AND query LIKE 'PREPARE TRANSACTION%'"
+        )
+        return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
+class PreparingWatch(threading.Thread):
+    """Calls *action* (an outage) once a session of the test server runs
+    ``PREPARE TRANSACTION``; ``over()`` tells when none does any more."""
+
+    def __init__(self, action: Callable[[], object]) -> None:
+        super().__init__(name="pages.PreparingWatch", daemon=True)
+        self._action = action
+        self.start()
+
+    def run(self) -> None:
+        wait_until(lambda: _preparing() > 0, 120)
+        self._action()
+
+    @staticmethod
+    def over() -> bool:
+        return _preparing() == 0
+
+
+def silence_after_commit_cut(proxy: Any) -> threading.Thread:
+    """Arm *proxy*'s commit trap, and once it fired, let the proxy listen
+    again but pass no byte: a reconnect waits in silence.  Returns the
+    thread that does it; ``proxy.restore()`` and ``proxy.drop()`` end it."""
+    cuts = proxy.commit_cuts
+    proxy.cut_on_commit(deliver=True, go_down=True)
+
+    def silence() -> None:
+        wait_until(lambda: proxy.commit_cuts > cuts, 120)
+        proxy.tearDown()
+        proxy.blackhole()  # before listening: no reconnect slips through
+        proxy.setUp()
+
+    thread = threading.Thread(target=silence, name="pages.silence", daemon=True)
+    thread.start()
+    return thread
+
+
 class MemoryResource:
     """A resource of a ``transaction`` that keeps its values in memory, as a
     storage of another kind would (ZODB's sorts before the adapter's).
 
     ``write(value)`` joins the current transaction of ``tm``; the values
     reach ``committed`` in ``tpc_finish``.  ``fail_at`` (``"vote"`` or
-    ``"finish"``) makes that phase raise :class:`ResourceError`, once.
+    ``"finish"``) makes that phase raise :class:`ResourceError`, once,
+    after calling ``before_failing`` (an outage elsewhere, say), if given.
     """
 
-    def __init__(self, tm: Any, key: str = "memory", fail_at: str | None = None):
+    def __init__(
+        self,
+        tm: Any,
+        key: str = "memory",
+        fail_at: str | None = None,
+        before_failing: Callable[[], object] | None = None,
+    ):
         self.transaction_manager = tm
         self.key, self.fail_at = key, fail_at
+        self.before_failing = before_failing
         self.committed: list[Any] = []
         self._pending: list[Any] = []
         self._joined: Any = None
@@ -498,6 +559,8 @@ class MemoryResource:
     def _fail(self, phase: str) -> None:
         if self.fail_at == phase:
             self.fail_at = None
+            if self.before_failing is not None:
+                self.before_failing()
             raise ResourceError(f"{self.key} fails at {phase}")
 
     def tpc_vote(self, txn: Any) -> None:
