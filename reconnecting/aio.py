@@ -70,21 +70,6 @@ _SESSION_SETTINGS = frozenset(
 )
 
 
-# The DB-API exception classes, which a connection offers as attributes.
-_EXCEPTIONS = frozenset(
-    {
-        "Warning",
-        "Error",
-        "InterfaceError",
-        "DatabaseError",
-        "DataError",
-        "OperationalError",
-        "IntegrityError",
-        "InternalError",
-        "ProgrammingError",
-        "NotSupportedError",
-    }
-)
 # What a psycopg cursor that ran nothing yet says.
 _UNUSED_CURSOR = {
     "description": None,
@@ -169,12 +154,12 @@ class AsyncReconnectingConnection:
 
     def _driver(self) -> Any | None:
         """What holds the driver's exception classes, found without
-        connecting: the last server connection, else psycopg's module, which
-        the connection factory imported (the asyncio connection is psycopg
-        3's)."""
+        connecting: the last server connection, else psycopg's connection
+        class, from the module the connection factory imported (the asyncio
+        connection is psycopg 3's)."""
         if self._last_raw is not None:
             return self._last_raw
-        return sys.modules.get("psycopg")
+        return getattr(sys.modules.get("psycopg"), "AsyncConnection", None)
 
     def _closed_error(self, what: str = "connection") -> Exception:
         error_class = getattr(self._driver(), "InterfaceError", None)
@@ -575,10 +560,10 @@ class AsyncReconnectingConnection:
                 return self._settings[name]  # remembered: no server needed
             raw = self._last_raw
             if raw is None:
-                if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
-                    error_class = getattr(self._driver(), name, None)
-                    if isinstance(error_class, type):
-                        return error_class
+                # For `except db.Error:`, connected or not.
+                error_class = getattr(self._driver(), name, None)
+                if isinstance(error_class, type) and issubclass(error_class, Exception):
+                    return error_class
                 if self._closed:
                     raise self._closed_error()
                 raise DisconnectedConnectionError(
