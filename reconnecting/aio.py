@@ -80,6 +80,14 @@ _UNUSED_CURSOR = {
 }
 
 
+# Why the connection is disconnected after a commit that was resolved, in
+# the sync connection's words.
+_SESSION_REPLACED = (
+    ": the commit was confirmed over a new server session; the one that"
+    " ran the transaction is gone, with its session state"
+)
+
+
 def _work_refused(why: str) -> Retry:
     error = DisconnectedConnectionError(why)
     return Retry((DisconnectedConnectionError, error, None))
@@ -335,7 +343,10 @@ class AsyncReconnectingConnection:
         With ``resolve_commit``, a commit interrupted after the transaction
         wrote something is resolved by the sync connection's rules: normal
         return if the server committed it (results already received stay
-        readable), :class:`~reconnecting.Retry` if it rolled it back,
+        readable, and the connection stays disconnected, since the server
+        session is gone: the next call raises :class:`~reconnecting.Retry`
+        until ``rollback()``), :class:`~reconnecting.Retry` if it rolled it
+        back,
         :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell in
         time.  The answer comes within ``resolve_timeout`` seconds plus the
         time one connection and question take (estimated from the round
@@ -400,14 +411,15 @@ class AsyncReconnectingConnection:
         # The last question asked before the deadline may still be on its way.
         until = deadline + _CONNECT_GRACE + 10 * self._round_trip
         status, raw = await self._ask(transaction_id, server, deadline, until)
+        await _close_quietly(raw)
         if status == "committed":
-            if self._refusal is not None and self._raw is None and not self._closed:
-                self._install(raw)
-                raw = None
-            await _close_quietly(raw)
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            if self._raw is None and self._refusal is not None:
+                self._refusal = "Already disconnected" + _SESSION_REPLACED
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
-        await _close_quietly(raw)
         if status == "aborted":
             log.info("Transaction %s was rolled back; retrying", transaction_id)
             raise retry from exc
