@@ -1081,16 +1081,15 @@ def _closing_first(
     the connection has no query left to wait for, and the cancellation goes
     on at once; the server is asked to cancel the query in the background.
     """
-    steps = call.__await__()
-    step, value = steps.send, None
+    # A coroutine steps itself; its __await__() would add a wrapper.
+    steps: Any = call if type(call) is types.CoroutineType else call.__await__()
+    try:
+        future = steps.send(None)
+    except StopIteration as done:
+        return done.value
     while True:
         try:
-            future = step(value)
-        except StopIteration as done:
-            return done.value
-        try:
             value = yield future
-            step = steps.send
         except GeneratorExit:
             steps.close()
             raise
@@ -1098,6 +1097,12 @@ def _closing_first(
             if not isinstance(exc, Exception):  # cancelled, or interrupted
                 connection._interrupted(raw, what)
             step, value = steps.throw, exc
+        else:
+            step = steps.send
+        try:
+            future = step(value)
+        except StopIteration as done:
+            return done.value
 
 
 def _outcome_unknown(transaction_id: str, error: BaseException) -> None:
@@ -1124,12 +1129,13 @@ def _close_now(raw: Any) -> None:
     try:
         if pgconn is None:
             asyncio.ensure_future(_close_quietly(raw))
-            return
-        if pgconn.transaction_status == _QUERY_RUNNING:
+        elif pgconn.transaction_status == _QUERY_RUNNING:
             _cancel_in_background(pgconn)
-        pgconn.finish()
     except Exception:
-        pass
+        pass  # the query runs on until the server notices the closed socket
+    finally:
+        if pgconn is not None:
+            pgconn.finish()
 
 
 def _cancel_in_background(pgconn: Any) -> None:
