@@ -464,7 +464,9 @@ class AsyncReconnectingConnection:
         """Roll back, and leave the disconnected state.
 
         A lost server connection rolls back by itself, so this never raises
-        for a disconnection: the next operation reconnects.
+        for a disconnection: the next operation reconnects.  Inside a
+        ``transaction()`` block it is refused, as psycopg refuses it: the
+        block ends the transaction.
         """
         if self._closed:
             raise self._closed_error()
