@@ -50,7 +50,7 @@ def run(coroutine):
 
 
 def test_waiters_cancelled_in_any_order_leave_the_running_call_alone(pg, proxy, table):
-    slow = "INSERT INTO item SELECT 1 FROM pg_sleep(0.5)"
+    slow = "INSERT INTO item SELECT 1 FROM pg_sleep(1)"
 
     async def main():
         db = AsyncReconnectingConnection(factory(pg, proxy))
