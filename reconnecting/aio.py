@@ -73,6 +73,7 @@ _SESSION_SETTINGS = frozenset(
 # What a psycopg cursor that ran nothing yet says.
 _UNUSED_CURSOR = {
     "description": None,
+    "arraysize": 1,
     "rowcount": -1,
     "rownumber": None,
     "statusmessage": None,
@@ -816,6 +817,8 @@ class AsyncReconnectingCursor:
         if raw_cursor is None:  # nothing run yet: a driver cursor to ask
             connection = self._connection
             raw = connection._raw
+            if raw is None and name in self._settings:
+                return self._settings[name]  # arraysize, row_factory, ...
             if raw is None and name in _UNUSED_CURSOR:
                 return _UNUSED_CURSOR[name]  # never connects to say so
             raw = raw or connection._last_raw

@@ -3,9 +3,10 @@
 docs/asyncio.rst shows one waiter given up and one block refusing
 ``rollback()``; these are the cases around them: several waiters, one
 handed the turn as it is cancelled, a stream that keeps the turn, an
-``attempts()`` loop inside a block, and a commit cancelled while its
-outcome is being resolved.  Real server, real proxy; psycopg 3 whatever
-``RECONNECTING_TEST_DRIVER`` says, as asyncio is psycopg 3's.
+``attempts()`` loop inside a block, a commit cancelled while its
+outcome is being resolved, and attributes read without a server.  Real
+server, real proxy; psycopg 3 whatever ``RECONNECTING_TEST_DRIVER`` says,
+as asyncio is psycopg 3's.
 """
 
 import asyncio
@@ -164,3 +165,30 @@ def test_a_timeout_during_resolution_names_the_transaction(pg, proxy, table, cap
     assert message.endswith("cancelled; its outcome is unknown")
     notes = getattr(error.__cause__, "__notes__", [])
     assert notes == [f"the outcome of transaction {transaction_id} is unknown"]
+
+
+def test_reading_attributes_never_connects(pg, proxy):
+    calls = []
+
+    def counting_factory():
+        calls.append(1)
+        return factory(pg, proxy)()
+
+    async def main():
+        db = AsyncReconnectingConnection(counting_factory)
+        cursor = db.cursor()
+        cursor.arraysize = 5
+        said = (cursor.arraysize, db.cursor().arraysize, cursor.rowcount, db.Error)
+        assert said == (5, 1, -1, psycopg.Error) and not calls
+        await cursor.execute("SELECT 1")
+        proxy.drop()
+        with pytest.raises(Retry):
+            await cursor.execute("SELECT 2")
+        await db.rollback()
+        fresh = db.cursor()
+        assert (fresh.rowcount, fresh.description, cursor.rowcount) == (-1, None, -1)
+        assert len(calls) == 1 and db.disconnects == 1
+        await db.close()
+        assert cursor.closed and fresh.closed
+
+    run(main())
