@@ -1095,7 +1095,8 @@ def _closing_first(
     while True:
         try:
             value = yield future
-        except GeneratorExit:
+        except GeneratorExit:  # abandoned mid-call: its query is in no known state
+            connection._interrupted(raw, what)
             steps.close()
             raise
         except BaseException as exc:
