@@ -1163,6 +1163,9 @@ async def _send_cancel(cancel_conn: Any) -> None:
     loop = asyncio.get_running_loop()
     until = loop.time() + _CANCEL_SECONDS
     try:
+        # First let the cancelled task stop watching the closed socket,
+        # whose number the new socket may be given.
+        await asyncio.sleep(0)
         cancel_conn.start()
         while True:
             polling = cancel_conn.poll()
