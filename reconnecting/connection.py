@@ -25,6 +25,7 @@ import re
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
@@ -323,6 +324,58 @@ def _is_psycopg3(raw: Any) -> bool:
     return hasattr(raw, "pgconn")
 
 
+# The DB-API exception classes, which a connection offers as attributes.
+_EXCEPTIONS = frozenset(
+    {
+        "Warning",
+        "Error",
+        "InterfaceError",
+        "DatabaseError",
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+    }
+)
+
+
+def _is_driver(thing: Any) -> bool:
+    return isinstance(thing, types.ModuleType) and all(
+        hasattr(thing, name) for name in ("apilevel", "connect", "Error")
+    )
+
+
+def _driver_of(thing: Any) -> Any | None:
+    """The DB-API module that ``thing`` comes from or connects with, found
+    by looking, never by calling: the package of a driver's function, class
+    or exception, followed through the names, closures and partials of the
+    functions that lead there (a connection factory)."""
+    todo, seen = [thing], set[int]()
+    while todo and len(seen) < 100:
+        thing = todo.pop(0)
+        if thing is None or id(thing) in seen:
+            continue
+        seen.add(id(thing))
+        if _is_driver(thing):
+            return thing
+        package = str(getattr(thing, "__module__", None)).partition(".")[0]
+        if _is_driver(sys.modules.get(package)):
+            return sys.modules[package]
+        todo += [getattr(thing, name, None) for name in ("func", "__func__")]
+        code = getattr(thing, "__code__", None)
+        if code is not None:
+            scope = getattr(thing, "__globals__", {})
+            todo += [scope.get(name) for name in code.co_names]
+            for cell in getattr(thing, "__closure__", None) or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:
+                    pass  # a name the function has not bound yet
+    return None
+
+
 # Calls that would hand out a driver object talking to the server outside
 # the contract, and what to use instead.
 _REFUSED = {
@@ -432,6 +485,13 @@ _NO_CONNECTION: Any = object()
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
+# What a driver cursor that ran nothing yet says.
+_UNUSED_CURSOR = {
+    "description": None,
+    "rowcount": -1,
+    "query": None,
+    "statusmessage": None,
+}
 
 
 class ReconnectingCursor:
@@ -440,7 +500,10 @@ class ReconnectingCursor:
     It remembers the arguments it was made with and makes the driver cursor
     again on each new server connection, so the same cursor object keeps
     working after ``rollback()``.  Methods that talk to the server raise
-    :class:`Retry` when the server connection is lost.
+    :class:`Retry` when the server connection is lost; those of the
+    driver's cursor not listed here (``callproc``, ``scroll``, ...) are
+    there when the driver's cursor has them, and behave alike.  Reading an
+    attribute never connects: it answers as the driver's cursor does.
     """
 
     def __init__(
@@ -491,7 +554,6 @@ class ReconnectingCursor:
 
     execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
     executemany = _server_method("executemany", "Run a query for each parameter set.")
-    callproc = _server_method("callproc", "Call a stored procedure.")
     fetchone = _fetch_method("fetchone", "Return the next row, or ``None``.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
     fetchall = _fetch_method("fetchall", "Return the remaining rows.")
@@ -499,6 +561,11 @@ class ReconnectingCursor:
 
     def __iter__(self) -> Iterator[Any]:
         return self
+
+    @property
+    def closed(self) -> bool:
+        """True once this cursor or its connection was closed."""
+        return self._closed or self._connection._closed
 
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
@@ -521,8 +588,15 @@ class ReconnectingCursor:
         if self._kept is not None and name in _KeptResult.ATTRIBUTES:
             return getattr(self._kept, name)
         connection = self._connection
-        value = connection._call(lambda raw: getattr(self._cursor_on(raw), name))
-        if getattr(value, "__self__", None) is not self._raw_cursor:
+        raw_cursor = self._raw_cursor
+        if raw_cursor is None:
+            if connection._raw is None and name in _UNUSED_CURSOR:
+                return _UNUSED_CURSOR[name]  # never connects to say so
+            raw_cursor = connection._call(self._cursor_on)
+        # The driver cursor answers from memory, even once its server
+        # connection is gone, as in an ``except Retry:`` handler.
+        value = getattr(raw_cursor, name)
+        if getattr(value, "__self__", None) is not raw_cursor:
             return value  # data, classes, row factories: as they are
         if name in _REFUSED:
             return _refusal(self._raw_connection, name)
@@ -649,6 +723,7 @@ class ReconnectingConnection:
         self._resolve_timeout = resolve_timeout
         self._raw: Any | None = None  # None unless connected
         self._last_raw: Any | None = None
+        self._driver_module: Any | None = None  # see _driver()
         self._disconnected = False
         self._closed = False
         self._settings: dict[str, Any] = {}
@@ -689,10 +764,19 @@ class ReconnectingConnection:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
         return f"<{name} {self._state()} at {id(self):#x}>"
 
+    def _driver(self) -> Any | None:
+        """The holder of the driver's exception classes, found without
+        connecting: the last server connection, or the driver's module."""
+        if self._last_raw is not None:
+            return self._last_raw
+        if self._driver_module is None:
+            self._driver_module = _driver_of(self._factory)
+        return self._driver_module
+
     def _closed_error(self, what: str = "connection") -> Exception:
         # Behave like a closed driver connection: PEP 249's optional
         # Connection.InterfaceError names the driver's class.
-        error_class = getattr(self._last_raw, "InterfaceError", None)
+        error_class = getattr(self._driver(), "InterfaceError", None)
         if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
             error_class = DisconnectedConnectionError
         return error_class(f"{what} already closed")
@@ -746,6 +830,8 @@ class ReconnectingConnection:
         try:
             return self._open()
         except Exception as exc:
+            if self._driver_module is None:
+                self._driver_module = _driver_of(type(exc))
             if not is_disconnection(exc, None):
                 raise
             with self._lock:
@@ -877,6 +963,11 @@ class ReconnectingConnection:
         if raw is None:
             if name in self._settings:
                 return self._settings[name]  # remembered: no server needed
+            if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
+                error_class = getattr(self._driver(), name, None)
+                if error_class is None:
+                    raise AttributeError(f"{name}: the driver is not known yet")
+                return error_class
             raw = self._last_raw
             if raw is None:
                 raw = self._connection()  # first use
