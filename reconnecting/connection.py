@@ -479,6 +479,9 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
     return method
 
 
+# What a setting that was never set had (see _forget_unchecked).
+_NOT_SET: Any = object()
+
 # A cursor's server connection before it has one, and after close(): never
 # the connection's, so the hot path's one identity check sends it the slow way.
 _NO_CONNECTION: Any = object()
@@ -727,6 +730,9 @@ class ReconnectingConnection:
         self._disconnected = False
         self._closed = False
         self._settings: dict[str, Any] = {}
+        # Settings made with no driver connection to check them, and the
+        # values they replaced (see _remember_unchecked).
+        self._unchecked: dict[str, Any] = {}
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
@@ -820,11 +826,35 @@ class ReconnectingConnection:
         _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
-                setattr(raw, name, value)
+                try:
+                    setattr(raw, name, value)
+                except Exception as exc:
+                    if name in self._unchecked and not _is_outage(exc, raw):
+                        self._forget_unchecked(name)
+                    raise
         except BaseException:
             _close_quietly(raw)
             raise
+        self._unchecked.clear()  # all accepted
         return raw
+
+    def _remember_unchecked(self, values: dict[str, Any]) -> None:
+        """Remember settings made while no driver connection can check them
+        (a closed one refuses good and bad values alike).  The next server
+        connection checks them; see _forget_unchecked()."""
+        for name, value in values.items():
+            self._unchecked.setdefault(name, self._settings.get(name, _NOT_SET))
+            self._settings[name] = value
+
+    def _forget_unchecked(self, name: str) -> None:
+        """A driver refused a value set while disconnected: as a live driver
+        connection would have, keep the value before it, so that the value
+        fails one call and never every call."""
+        previous = self._unchecked.pop(name)
+        if previous is _NOT_SET:
+            del self._settings[name]
+        else:
+            self._settings[name] = previous
 
     def _connect(self) -> Any:
         try:
@@ -1024,7 +1054,7 @@ class ReconnectingConnection:
             raise
         except Exception:
             pass
-        self._settings[name] = value
+        self._remember_unchecked({name: value})
 
     def _set_by_call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -1035,8 +1065,9 @@ class ReconnectingConnection:
                 raise self._closed_error()
             raw = self._raw
         if raw is None:
-            values = _session_values(self._last_raw, name, args, kwargs)
-            self._settings.update(values)
+            self._remember_unchecked(
+                _session_values(self._last_raw, name, args, kwargs)
+            )
             return
         self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
         for setting in _session_values(raw, name, args, kwargs):
