@@ -738,6 +738,9 @@ class ReconnectingConnection:
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
+        # The disconnects count when a with block that is one transaction
+        # began: an outage inside it means part of its work is lost.
+        self._block_began: int | None = None
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -818,6 +821,9 @@ class ReconnectingConnection:
         if self._last_raw is not None:
             self._reconnects += 1
             log.info("Reconnected to the database")
+        if self._entered is not None:
+            raw.__enter__()  # the rest of a psycopg2 with block: one transaction
+            self._entered = raw
         self._raw, self._last_raw, self._disconnected = raw, raw, False
 
     def _open(self) -> Any:
@@ -919,6 +925,8 @@ class ReconnectingConnection:
         A lost server connection rolls back by itself, so this never raises
         for a disconnection: the next operation reconnects.
         """
+        if self._blocks:  # as psycopg: the block's end rolls back
+            raise self._blocks[-1].misuse("rollback")
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -956,6 +964,8 @@ class ReconnectingConnection:
             # mode; its own __enter__ tells it so.
             raw.__enter__()
             self._entered = raw
+        if self._entered is not None or not raw.autocommit:
+            self._block_began = self._disconnects
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -965,12 +975,22 @@ class ReconnectingConnection:
         the connection, psycopg2 keeps it open.
         """
         closing = _is_psycopg3(self._last_raw)
+        began, self._block_began = self._block_began, None
         try:
             if self._closed:
                 return
-            if exc_type is None:
+            if exc_type is None and began in (None, self._disconnects):
                 self.commit()
                 return
+            if exc_type is None:
+                # An outage inside the block lost its first part, whatever
+                # ran after a rollback in it: commit none of it.
+                self.rollback()
+                error = DisconnectedConnectionError(
+                    "the connection was lost inside the with block,"
+                    " which committed nothing"
+                )
+                raise Retry((DisconnectedConnectionError, error, None))
             try:
                 self.rollback()
             except Exception as error:  # keep the block's own exception
