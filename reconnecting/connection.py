@@ -39,6 +39,7 @@ __all__ = [
     "ReconnectingConnection",
     "ReconnectingCursor",
     "Retry",
+    "StatementOutcomeUnknown",
     "attempts",
     "is_disconnection",
 ]
@@ -86,13 +87,32 @@ class CommitOutcomeUnknown(Exception):  # noqa: N818 (it is not an error of ours
     needs ``rollback()`` before further use.
     """
 
-    def __init__(self, transaction_id: str, reason: str) -> None:
+    def __init__(self, transaction_id: str | None, reason: str) -> None:
         super().__init__(transaction_id, reason)
         self.transaction_id = transaction_id
         self.reason = reason
 
     def __str__(self) -> str:
+        if self.transaction_id is None:
+            return self.reason
         return f"transaction {self.transaction_id}: {self.reason}"
+
+
+class StatementOutcomeUnknown(CommitOutcomeUnknown):
+    """A statement in autocommit mode lost its connection before its reply.
+
+    In autocommit mode each statement commits itself as it ends, so the
+    statement may have run and committed: it is not safe to redo blindly,
+    and, unlike :class:`Retry`, retry loops let it through.  There is no
+    ``transaction_id`` (``None``): the server gives none before a
+    statement writes.  A read-only session (the server's
+    ``default_transaction_read_only``) or a standby cannot have written,
+    so its statements raise :class:`Retry` instead.  Like after any outage,
+    the connection needs ``rollback()`` before further use.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason)
 
 
 # SQLSTATEs that mean the session is gone: admin shutdown, crash shutdown,
@@ -288,6 +308,16 @@ def _note_standby_session(raw_connection: Any) -> None:
             pass  # a driver connection that cannot be weakly referenced
 
 
+def _cannot_write(raw: Any) -> bool:
+    """True if the server said the session is read-only, or a standby."""
+    if _in_hot_standby(raw) or raw in _STANDBY_SESSIONS:
+        return True
+    try:
+        return bool(raw.info.parameter_status("default_transaction_read_only") == "on")
+    except Exception:
+        return False  # not known: it may have written
+
+
 def _in_hot_standby(raw_connection: Any) -> bool:
     """True if the server said it is a hot standby (PostgreSQL 14+ reports
     ``in_hot_standby`` to the client, so this asks the driver, not the
@@ -436,6 +466,7 @@ def _refusal(raw: Any, name: str) -> Callable[..., Any]:
 
 def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
+    lost = "_lost" if name in _NOT_STATEMENTS else "_statement_lost"
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
@@ -450,7 +481,7 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
             connection = self._connection
             if connection._closed or not _is_outage(exc, raw):
                 raise
-            raise connection._lost(raw, exc) from exc
+            raise getattr(connection, lost)(raw, exc) from exc
         # psycopg 3's execute() returns its cursor: return ours instead.
         return self if result is raw_cursor else result
 
@@ -488,6 +519,8 @@ _NO_CONNECTION: Any = object()
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
+# Cursor methods that run no statement of the caller's: see _statement_lost.
+_NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
 # What a driver cursor that ran nothing yet says.
 _UNUSED_CURSOR = {
     "description": None,
@@ -551,7 +584,8 @@ class ReconnectingCursor:
                 return getattr(kept, name)(*args, **kwargs)
             self._kept = None  # a new statement: the kept result is over
         result = self._connection._call(
-            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
+            statement=name not in _NOT_STATEMENTS,
         )
         return self if result is self._raw_cursor and result is not None else result
 
@@ -607,7 +641,8 @@ class ReconnectingCursor:
 
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
                 return connection._iterate(
-                    lambda raw: self._cursor_on(raw).stream(*args, **kwargs)
+                    lambda raw: self._cursor_on(raw).stream(*args, **kwargs),
+                    statement=True,
                 )
 
             return stream
@@ -889,24 +924,51 @@ class ReconnectingConnection:
                 _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
-    def _call(self, function: Callable[[Any], Any]) -> Any:
-        """Run ``function(raw_connection)``, turning disconnections into Retry."""
+    def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
+        """``_lost()``, for a statement of the caller's that was running: in
+        autocommit mode it may have committed, unless it could not write."""
+        unknown = (
+            is_disconnection(exc, raw)
+            and raw.autocommit
+            and self._entered is None
+            and not self._blocks
+            and not _cannot_write(raw)
+        )
+        retry = self._lost(raw, exc)
+        if not unknown:
+            return retry
+        first_line = (_describe(exc).splitlines() or [""])[0]
+        log.error("A statement in autocommit mode may have run: %s", first_line)
+        return StatementOutcomeUnknown(
+            "the connection was lost while a statement ran in autocommit mode,"
+            f" so it may have committed ({first_line})"
+        )
+
+    def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
+        """Run ``function(raw_connection)``, turning disconnections into Retry
+        (or, for a ``statement``, what ``_statement_lost`` says)."""
         raw = self._connection()
         try:
             return function(raw)
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
+            if statement:
+                raise self._statement_lost(raw, exc) from exc
             raise self._lost(raw, exc) from exc
 
-    def _iterate(self, start: Callable[[Any], Iterator[Any]]) -> Iterator[Any]:
-        """Yield from the driver iterator ``start(raw_connection)``, with Retry."""
+    def _iterate(
+        self, start: Callable[[Any], Iterator[Any]], statement: bool = False
+    ) -> Iterator[Any]:
+        """Yield from the driver iterator ``start(raw_connection)``, as _call."""
         raw = self._connection()
         try:
             yield from start(raw)
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
+            if statement:
+                raise self._statement_lost(raw, exc) from exc
             raise self._lost(raw, exc) from exc
 
     # -- DB-API --------------------------------------------------------------
