@@ -333,9 +333,16 @@ def _in_hot_standby(raw_connection: Any) -> bool:
         return False  # a closed connection may refuse to tell
 
 
-def _already_disconnected() -> Retry:
-    error = DisconnectedConnectionError("Already disconnected")
+def _already_disconnected(why: str = "") -> Retry:
+    error = DisconnectedConnectionError("Already disconnected" + why)
     return Retry((DisconnectedConnectionError, error, None))
+
+
+# Why the connection is disconnected after a commit that was resolved.
+_SESSION_REPLACED = (
+    ": the commit was confirmed over a new server session; the one that"
+    " ran the transaction is gone, with its session state"
+)
 
 
 def _is_outage(exc: BaseException, raw: Any) -> bool:
@@ -763,6 +770,7 @@ class ReconnectingConnection:
         self._last_raw: Any | None = None
         self._driver_module: Any | None = None  # see _driver()
         self._disconnected = False
+        self._replaced = False  # disconnected after a resolved commit
         self._closed = False
         self._settings: dict[str, Any] = {}
         # Settings made with no driver connection to check them, and the
@@ -834,7 +842,7 @@ class ReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                raise _already_disconnected()
+                raise _already_disconnected(_SESSION_REPLACED * self._replaced)
             if self._raw is not None:
                 return self._raw
         # Connect outside the lock, so that close() never waits for it.
@@ -859,7 +867,8 @@ class ReconnectingConnection:
         if self._entered is not None:
             raw.__enter__()  # the rest of a psycopg2 with block: one transaction
             self._entered = raw
-        self._raw, self._last_raw, self._disconnected = raw, raw, False
+        self._raw, self._last_raw = raw, raw
+        self._disconnected = self._replaced = False
 
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
@@ -993,7 +1002,7 @@ class ReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                self._disconnected = False
+                self._disconnected = self._replaced = False
                 return
             raw = self._raw
         if raw is None:
@@ -1162,9 +1171,12 @@ class ReconnectingConnection:
 
         With ``resolve_commit``, a commit interrupted after the transaction
         wrote something is resolved instead: if the server committed it,
-        ``commit()`` returns normally over the new connection, and results
-        already received stay readable; if it rolled it back, ``Retry`` is
-        raised; if nobody can tell in time, :class:`CommitOutcomeUnknown`.
+        ``commit()`` returns normally and results already received stay
+        readable, but the connection stays disconnected (the server session
+        is gone, with its locks, temporary tables and ``LISTEN``), so the
+        next call raises ``Retry`` until ``rollback()``; if the server
+        rolled it back, ``Retry`` is raised; if nobody can tell in time,
+        :class:`CommitOutcomeUnknown`.
         The answer comes within ``resolve_timeout`` seconds plus the time
         one connection and question take (estimated from the round trip
         measured just before ``COMMIT``), and the server is asked at least
@@ -1224,17 +1236,16 @@ class ReconnectingConnection:
         # The last question asked before the deadline may still be on its way.
         grace = _CONNECT_GRACE + 10 * self._round_trip
         status, raw = asking.answer(deadline + grace)
-        if status == "committed":
-            with self._lock:
-                if self._disconnected and self._raw is None and not self._closed:
-                    self._install(raw)
-                    raw = None
-            if raw is not None:
-                _close_quietly(raw)
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
         if raw is not None:
             _close_quietly(raw)
+        if status == "committed":
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            with self._lock:
+                self._replaced = True
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
         if status == "aborted":
             log.info("Transaction %s was rolled back; retrying", transaction_id)
             raise retry from exc
