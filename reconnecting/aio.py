@@ -35,12 +35,16 @@ from typing import Any
 
 from reconnecting.connection import (
     _CONNECT_GRACE,
+    _NOT_STATEMENTS,
     _REFUSED,
+    _SESSION_REPLACED,
     Attempt,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
     Retry,
+    StatementOutcomeUnknown,
     _AttemptLoop,
+    _cannot_write,
     _check_setting,
     _describe,
     _id_query,
@@ -60,6 +64,7 @@ __all__ = [
     "AsyncReconnectingCursor",
     "CommitOutcomeUnknown",
     "Retry",
+    "StatementOutcomeUnknown",
     "attempts",
 ]
 
@@ -68,6 +73,8 @@ __all__ = [
 _SESSION_SETTINGS = frozenset(
     {"autocommit", "isolation_level", "read_only", "deferrable"}
 )
+# Cursor methods that run no statement of the caller's (see _statement_lost).
+_NOT_STATEMENTS_ASYNC = _NOT_STATEMENTS | {"__anext__"}
 
 
 # What a psycopg cursor that ran nothing yet says.
@@ -79,14 +86,6 @@ _UNUSED_CURSOR = {
     "statusmessage": None,
     "pgresult": None,
 }
-
-
-# Why the connection is disconnected after a commit that was resolved, in
-# the sync connection's words.
-_SESSION_REPLACED = (
-    ": the commit was confirmed over a new server session; the one that"
-    " ran the transaction is gone, with its session state"
-)
 
 
 def _work_refused(why: str) -> Retry:
@@ -239,6 +238,26 @@ class AsyncReconnectingConnection:
             await _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
+    async def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
+        """``_lost()``, for a statement of the caller's that was running: in
+        autocommit mode it may have committed, unless it could not write
+        (the sync connection's rule)."""
+        unknown = (
+            is_disconnection(exc, raw)
+            and raw.autocommit
+            and not self._blocks
+            and not _cannot_write(raw)
+        )
+        retry = await self._lost(raw, exc)
+        if not unknown:
+            return retry
+        first_line = (_describe(exc).splitlines() or [""])[0]
+        log.error("A statement in autocommit mode may have run: %s", first_line)
+        return StatementOutcomeUnknown(
+            "the connection was lost while a statement ran in autocommit mode,"
+            f" so it may have committed ({first_line})"
+        )
+
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
 
@@ -251,9 +270,11 @@ class AsyncReconnectingConnection:
             log.info("Cancelled during a %s; closing the server connection", what)
         _close_now(raw)
 
-    async def _call(self, function: Callable[[Any], Any]) -> Any:
+    async def _call(
+        self, function: Callable[[Any], Any], statement: bool = False
+    ) -> Any:
         """Await ``function(raw_connection)`` in turn, turning outages into
-        Retry."""
+        Retry (or, for a ``statement``, what ``_statement_lost`` says)."""
         turn = self._turn
         await turn.take()
         try:
@@ -266,6 +287,8 @@ class AsyncReconnectingConnection:
             except Exception as exc:
                 if self._closed or not _is_outage(exc, raw):
                     raise
+                if statement:
+                    raise await self._statement_lost(raw, exc) from exc
                 raise await self._lost(raw, exc) from exc
         finally:
             turn.give()
@@ -281,11 +304,12 @@ class AsyncReconnectingConnection:
     async def _iterate(
         self, start: Callable[[Any], AsyncIterator[Any]], what: str, *, hold: bool
     ) -> AsyncIterator[Any]:
-        """Yield from the driver's ``start(raw_connection)``, with Retry.
+        """Yield from the driver's ``start(raw_connection)``, as ``_call``.
 
-        With ``hold``, the turn is kept from the first item to the end, as
-        psycopg keeps its lock through a ``stream()``; without, it is taken
-        for each item, as ``notifies()`` takes psycopg's.
+        With ``hold``, the iteration is a statement of the caller's, and
+        keeps the turn from the first item to the end, as psycopg keeps its
+        lock through a ``stream()``; without, the turn is taken for each
+        item, as ``notifies()`` takes psycopg's.
         """
         turn = self._turn
         await turn.take()
@@ -305,6 +329,8 @@ class AsyncReconnectingConnection:
                     except Exception as exc:
                         if self._closed or not _is_outage(exc, raw):
                             raise
+                        if hold:
+                            raise await self._statement_lost(raw, exc) from exc
                         raise await self._lost(raw, exc) from exc
                     if not hold:
                         holding = False
@@ -627,6 +653,7 @@ class AsyncReconnectingConnection:
 
 def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
     """Make a cursor method that awaits the driver cursor's method ``name``."""
+    statement = name not in _NOT_STATEMENTS_ASYNC
 
     async def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
@@ -644,6 +671,8 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
             except Exception as exc:
                 if connection._closed or not _is_outage(exc, raw):
                     raise
+                if statement:
+                    raise await connection._statement_lost(raw, exc) from exc
                 raise await connection._lost(raw, exc) from exc
             finally:
                 turn.give()
@@ -739,7 +768,8 @@ class AsyncReconnectingCursor:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         return await self._connection._call(
-            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
+            statement=name not in _NOT_STATEMENTS_ASYNC,
         )
 
     async def execute(
@@ -763,7 +793,7 @@ class AsyncReconnectingCursor:
         except Exception as exc:
             if connection._closed or not _is_outage(exc, raw):
                 raise
-            raise await connection._lost(raw, exc) from exc
+            raise await connection._statement_lost(raw, exc) from exc
         finally:
             turn.give()
         return self
