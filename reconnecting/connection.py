@@ -318,6 +318,16 @@ def _cannot_write(raw: Any) -> bool:
         return False  # not known: it may have written
 
 
+def _statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
+    """What a statement in autocommit mode that lost its connection raises."""
+    first_line = (_describe(exc).splitlines() or [""])[0]
+    log.error("A statement in autocommit mode may have run: %s", first_line)
+    return StatementOutcomeUnknown(
+        "the connection was lost while a statement ran in autocommit mode,"
+        f" so it may have committed ({first_line})"
+    )
+
+
 def _in_hot_standby(raw_connection: Any) -> bool:
     """True if the server said it is a hot standby (PostgreSQL 14+ reports
     ``in_hot_standby`` to the client, so this asks the driver, not the
@@ -944,14 +954,7 @@ class ReconnectingConnection:
             and not _cannot_write(raw)
         )
         retry = self._lost(raw, exc)
-        if not unknown:
-            return retry
-        first_line = (_describe(exc).splitlines() or [""])[0]
-        log.error("A statement in autocommit mode may have run: %s", first_line)
-        return StatementOutcomeUnknown(
-            "the connection was lost while a statement ran in autocommit mode,"
-            f" so it may have committed ({first_line})"
-        )
+        return _statement_in_doubt(exc) if unknown else retry
 
     def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
         """Run ``function(raw_connection)``, turning disconnections into Retry
