@@ -52,6 +52,7 @@ from reconnecting.connection import (
     _note_standby_session,
     _plain_cursor,
     _refusal,
+    _statement_in_doubt,
     _status_questions,
     _TransactionBlock,
     is_disconnection,
@@ -249,14 +250,7 @@ class AsyncReconnectingConnection:
             and not _cannot_write(raw)
         )
         retry = await self._lost(raw, exc)
-        if not unknown:
-            return retry
-        first_line = (_describe(exc).splitlines() or [""])[0]
-        log.error("A statement in autocommit mode may have run: %s", first_line)
-        return StatementOutcomeUnknown(
-            "the connection was lost while a statement ran in autocommit mode,"
-            f" so it may have committed ({first_line})"
-        )
+        return _statement_in_doubt(exc) if unknown else retry
 
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
