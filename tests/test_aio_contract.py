@@ -1,12 +1,15 @@
-"""Tasks sharing one AsyncReconnectingConnection: turns, cancellation, blocks.
+"""AsyncReconnectingConnection's contract around what docs/asyncio.rst shows.
 
-docs/asyncio.rst shows one waiter given up and one block refusing
-``rollback()``; these are the cases around them: several waiters, one
-handed the turn as it is cancelled, a stream that keeps the turn, an
-``attempts()`` loop inside a block, a commit cancelled while its
-outcome is being resolved, and attributes read without a server.  Real
-server, real proxy; psycopg 3 whatever ``RECONNECTING_TEST_DRIVER`` says,
-as asyncio is psycopg 3's.
+Tasks sharing one connection: several waiters given up, one handed the
+turn as it is cancelled, a stream that keeps the turn; blocks: an
+``attempts()`` loop inside one, one left quietly after an outage; a commit
+cancelled while its outcome is being resolved; attributes read without a
+server; and autocommit mode (the sync connection's rule, "Autocommit mode:
+statements in doubt" in docs/connection.rst): a statement whose reply is
+lost raises StatementOutcomeUnknown, which the retry loop lets through, so
+the write is made once, while a session that cannot write keeps Retry.
+Real server, real proxy; psycopg 3 whatever ``RECONNECTING_TEST_DRIVER``
+says, as asyncio is psycopg 3's.
 """
 
 import asyncio
@@ -15,7 +18,7 @@ import logging
 import psycopg
 import pytest
 
-from reconnecting import AsyncReconnectingConnection, Retry
+from reconnecting import AsyncReconnectingConnection, Retry, StatementOutcomeUnknown
 from reconnecting.aio import _Turn, attempts
 from reconnecting.testing import PortForwardTestSetup
 from reconnecting.testing.async_pages import backends_running, until
@@ -40,9 +43,9 @@ def count(direct, where="true"):
     return direct.fetchone()[0]
 
 
-def factory(pg, proxy):
+def factory(pg, proxy, **options):
     return lambda: psycopg.AsyncConnection.connect(
-        pg.dsn, host=proxy.host, port=proxy.port
+        pg.dsn, host=proxy.host, port=proxy.port, **options
     )
 
 
@@ -190,5 +193,43 @@ def test_reading_attributes_never_connects(pg, proxy):
         assert len(calls) == 1 and db.disconnects == 1
         await db.close()
         assert cursor.closed and fresh.closed
+
+    run(main())
+
+
+def test_a_write_whose_reply_is_lost_is_made_once(pg, proxy, direct):
+    direct.execute("DROP TABLE IF EXISTS booked; CREATE TABLE booked (n int)")
+
+    async def main():
+        db = AsyncReconnectingConnection(factory(pg, proxy, autocommit=True))
+        await db.execute("SELECT 1")  # connected: the cut applies from here
+        proxy.cut_after(0)
+        with pytest.raises(StatementOutcomeUnknown):
+            async for attempt in attempts(db):
+                async with attempt:
+                    await db.execute("INSERT INTO booked VALUES (1)")
+        assert attempt.number == 1
+        proxy.restore()
+        await db.close()
+
+    run(main())
+    direct.execute("SELECT count(*) FROM booked")
+    assert direct.fetchone() == (1,)
+
+
+def test_a_read_on_a_session_that_cannot_write_stays_a_retry(pg, proxy):
+    async def main():
+        read_only = "-c default_transaction_read_only=on"
+        db = AsyncReconnectingConnection(
+            factory(pg, proxy, autocommit=True, options=read_only)
+        )
+        await db.execute("SELECT 1")
+        proxy.cut_after(0)
+        with pytest.raises(Retry):
+            await db.execute("SELECT 2")
+        proxy.restore()
+        await db.rollback()
+        assert await (await db.execute("SELECT 3")).fetchone() == (3,)
+        await db.close()
 
     run(main())
