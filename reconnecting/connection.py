@@ -1071,8 +1071,9 @@ class _KeptResult:
         if self.description is not None:
             self._rows = raw_cursor.fetchall()
             # Leave the driver cursor where the caller left it, in case the
-            # commit goes through after all.
-            if self.rownumber is not None:
+            # commit goes through after all.  A result read to its end
+            # stays there: no driver scrolls to the position past the last row.
+            if self._rows and self.rownumber is not None:
                 raw_cursor.scroll(self.rownumber, mode="absolute")
 
     def _take(self, count: int) -> list[Any]:
