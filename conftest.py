@@ -62,6 +62,8 @@ def tear_down_page(namespace: dict) -> None:
     for value in values:
         if isinstance(value, PortForwardTestSetup):
             value.tearDown()
+        elif type(value).__module__.startswith("sqlalchemy.engine"):
+            value.dispose()  # an Engine: its pooled connections
         elif hasattr(value, "close") and type(value).__module__.startswith(
             ("reconnecting", "psycopg2", "psycopg")
         ):
