@@ -533,15 +533,6 @@ class ReconnectingCursor:
         if self._kept is not None and name in _KeptResult.ATTRIBUTES:
             return getattr(self._kept, name)
         connection = self._connection
-        raw_cursor = self._raw_cursor
-        if raw_cursor is not None and connection._raw is self._raw_connection:
-            # The hot path: data of the current driver cursor, read as it is.
-            value = getattr(raw_cursor, name, _NO_CONNECTION)
-            if (
-                value is not _NO_CONNECTION
-                and getattr(value, "__self__", None) is not raw_cursor
-            ):
-                return value
         value = connection._call(lambda raw: getattr(self._cursor_on(raw), name))
         if getattr(value, "__self__", None) is not self._raw_cursor:
             return value  # data, classes, row factories: as they are
