@@ -17,7 +17,12 @@ from typing import Any
 
 from sqlalchemy import event
 
-from reconnecting.connection import ReconnectingConnection, Retry, is_disconnection
+from reconnecting.connection import (
+    CommitOutcomeUnknown,
+    ReconnectingConnection,
+    Retry,
+    is_disconnection,
+)
 from reconnecting.sqlalchemy.errors import on_error
 
 __all__ = ["ReconnectingDialect", "standby_wanted"]
@@ -139,5 +144,7 @@ class ReconnectingDialect:
                 return False  # a standby now: never handed out again
         try:
             return bool(super().do_ping(dbapi_connection))  # type: ignore[misc]
-        except Retry:
+        except (Retry, CommitOutcomeUnknown):
+            # Lost (a ping in autocommit mode may call it an unknown outcome:
+            # it wrote nothing either way): the pool makes a new connection.
             return False
