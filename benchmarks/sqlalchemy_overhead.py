@@ -4,11 +4,11 @@ For each driver, runs an ORM query (``session.get(Account, 1,
 populate_existing=True)``, one ``SELECT`` round trip and the ORM's work on
 its row) through an engine of the ``postgresql+reconnecting_<driver>``
 dialect and through one of SQLAlchemy's own ``postgresql+<driver>``
-dialect, on the same server connection (over the unix socket of the
-throwaway test server: the fastest round trip, so the largest ratio).
-Blocks of each alternate, each going first every other time, so both see
-the same machine; the median of the per-pair ratios is printed, one line
-per driver.
+dialect, on the same server connection: over the unix socket of the
+throwaway test server (the fastest round trip, so the largest ratio),
+then over loopback TCP.  Blocks of each alternate, each going first every
+other time, so both see the same machine; the median of the per-pair
+ratios is printed, one line per driver and transport.
 
     python benchmarks/sqlalchemy_overhead.py [pairs] [--driver psycopg2|psycopg]
 
@@ -58,8 +58,11 @@ def engines(raw, driver_name):
     return plain, ours
 
 
-def measure(pg, driver, pairs):
-    raw = connect_over_unix_socket(pg, driver)
+def measure(pg, driver, pairs, transport):
+    if transport == "unix socket":
+        raw = connect_over_unix_socket(pg, driver)
+    else:
+        raw = pg.connect() if driver.__name__ == "psycopg2" else driver.connect(pg.dsn)
     plain, ours = engines(raw, driver.__name__)
     try:
         Base.metadata.create_all(plain)
@@ -82,8 +85,9 @@ def measure(pg, driver, pairs):
     direct = statistics.median(d / BLOCK for d, _ in times)
     added = statistics.median((w - d) / BLOCK for d, w in times)
     print(
-        f"{driver.__name__:>8}: SQLAlchemy's dialect median {direct * 1e6:.1f} us"
-        f" per ORM query, the reconnecting dialect adds {added * 1e6:.2f} us;"
+        f"{driver.__name__:>8}, {transport:>11}: SQLAlchemy's dialect median"
+        f" {direct * 1e6:.1f} us per ORM query, the reconnecting dialect adds"
+        f" {added * 1e6:.2f} us;"
         f" reconnecting / SQLAlchemy's: median ratio {statistics.median(ratios):.3f}"
         f" over {pairs} pairs of {BLOCK} queries (target <= 1.03)"
     )
@@ -93,7 +97,8 @@ def main():
     pairs, drivers = driver_arguments(__doc__.splitlines()[0], "pairs", 200)
     with test_database() as pg:
         for driver in drivers:
-            measure(pg, driver, pairs)
+            for transport in ("unix socket", "TCP"):
+                measure(pg, driver, pairs, transport)
 
 
 if __name__ == "__main__":
