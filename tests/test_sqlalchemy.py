@@ -147,3 +147,27 @@ def test_the_pre_ping_refuses_a_standby_unless_one_was_asked_for(standby, driver
         asking.dispose()
     assert len({id(connection) for connection in made}) == 3
     assert len({id(connection) for connection in kept}) == 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_connections_of_a_creator_are_judged_by_the_rules(pg, proxy, driver):
+    # creator= hands the pool driver connections that bypass the wrapper:
+    # no Retry for them, but SQLAlchemy's set-up, and the package's rules
+    # to tell it that a connection is broken.
+    module = pytest.importorskip(driver)
+
+    def creator():
+        return module.connect(pg.dsn, host=proxy.host, port=proxy.port)
+
+    engine = proxied(driver, pg, proxy, creator=creator)
+    try:
+        with engine.connect() as connection:
+            uuid = connection.execute(text("SELECT gen_random_uuid()")).scalar()
+            proxy.drop()
+            with pytest.raises(sqlalchemy.exc.OperationalError) as caught:
+                connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+    assert type(uuid).__name__ == "UUID"
+    assert caught.value.connection_invalidated
+    assert not isinstance(caught.value, Retry)

@@ -96,8 +96,10 @@ class ReconnectingAsyncPsycopgDialect(ReconnectingDialect, PGDialectAsync_psycop
     def _type_info_fetch(self, connection: Any, name: str) -> Any:
         from psycopg.types import TypeInfo
 
-        connector = self._connectors[connection.connection.driver_connection]
-        return await_(TypeInfo.fetch(connector.latest, name))
+        driver = connection.connection.driver_connection
+        connector = self._connectors.get(driver)  # none for an async_creator=
+        raw = driver if connector is None else connector.latest
+        return await_(TypeInfo.fetch(raw, name))
 
 
 dialect = ReconnectingAsyncPsycopgDialect

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from reconnecting.aio import AsyncReconnectingConnection
 from reconnecting.connection import (
     CommitOutcomeUnknown,
     ReconnectingConnection,
@@ -108,8 +109,18 @@ class ReconnectingDialect:
     def engine_created(cls, engine: Any) -> None:
         event.listen(engine, "handle_error", on_error)
 
-    def on_connect(self) -> None:
-        return None  # SQLAlchemy's set-up runs on each driver connection
+    def on_connect(self) -> Any:
+        # SQLAlchemy's set-up runs on each driver connection (connect()),
+        # and here only on those of a creator= that bypasses the wrapper.
+        setup = super().on_connect()  # type: ignore[misc]
+        if setup is None:
+            return None
+
+        def on_connect(connection: Any) -> None:
+            if not isinstance(connection, ReconnectingConnection):
+                setup(connection)
+
+        return on_connect
 
     def connector(self, cargs: Any, cparams: dict[str, Any]) -> Connector:
         """A factory of driver connections with SQLAlchemy's set-up."""
@@ -131,10 +142,15 @@ class ReconnectingDialect:
         return connection
 
     def is_disconnect(self, e: Any, connection: Any, cursor: Any) -> bool:
-        # A driver error from a pooled connection has passed the package's
-        # rules already (an outage would be a Retry); only connect errors
-        # are left to judge.
-        return connection is None and is_disconnection(e, None)
+        # A driver error from a wrapped connection has passed the package's
+        # rules already (an outage would be a Retry).  Left to judge: connect
+        # errors, and errors of the driver connections of a creator=.
+        if connection is None:
+            return is_disconnection(e, None)
+        driver = self.get_driver_connection(connection)  # type: ignore[attr-defined]
+        if isinstance(driver, (ReconnectingConnection, AsyncReconnectingConnection)):
+            return False
+        return is_disconnection(e, driver)
 
     def do_ping(self, dbapi_connection: Any) -> bool:
         wrapper = self.get_driver_connection(dbapi_connection)  # type: ignore[attr-defined]

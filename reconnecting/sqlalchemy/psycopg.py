@@ -24,8 +24,9 @@ class ReconnectingPsycopgDialect(ReconnectingDialect, PGDialect_psycopg):
         # the one the pooled connection was made with.
         from psycopg.types import TypeInfo
 
-        connector = self._connectors[connection.connection.driver_connection]
-        return TypeInfo.fetch(connector.latest, name)
+        driver = connection.connection.driver_connection
+        connector = self._connectors.get(driver)  # none for a creator=
+        return TypeInfo.fetch(driver if connector is None else connector.latest, name)
 
     @classmethod
     def get_async_dialect_cls(cls, url: Any) -> Any:
