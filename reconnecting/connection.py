@@ -565,14 +565,26 @@ class ReconnectingCursor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self._connection = connection
-        self._args = args
-        self._kwargs = kwargs
-        self._raw_connection: Any = _NO_CONNECTION
-        self._raw_cursor: Any | None = None
-        self._settings: dict[str, Any] = {}
-        self._kept: _KeptResult | None = None
-        self._closed = False
+        # Straight into __dict__: __setattr__ is for the driver's settings,
+        # and a cursor is made for every statement by some callers (ORMs).
+        self.__dict__.update(
+            _connection=connection,
+            _args=args,
+            _kwargs=kwargs,
+            _raw_connection=_NO_CONNECTION,
+            _raw_cursor=None,
+            _settings={},
+            _kept=None,
+            _closed=False,
+        )
+        self._connection: ReconnectingConnection
+        self._args: tuple[Any, ...]
+        self._kwargs: dict[str, Any]
+        self._raw_connection: Any
+        self._raw_cursor: Any | None
+        self._settings: dict[str, Any]
+        self._kept: _KeptResult | None
+        self._closed: bool
 
     @property
     def connection(self) -> ReconnectingConnection:
@@ -623,10 +635,10 @@ class ReconnectingCursor:
 
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
-        self._closed = True
-        self._kept = None
-        raw_cursor, self._raw_cursor = self._raw_cursor, None
-        self._raw_connection = _NO_CONNECTION
+        raw_cursor = self._raw_cursor
+        self.__dict__.update(
+            _closed=True, _kept=None, _raw_cursor=None, _raw_connection=_NO_CONNECTION
+        )
         if raw_cursor is not None:
             _close_quietly(raw_cursor)
 
@@ -991,6 +1003,16 @@ class ReconnectingConnection:
             raise self._closed_error()
         cursor = ReconnectingCursor(self, args, kwargs)
         self._cursors.add(cursor)
+        raw = self._raw
+        if raw is not None:
+            # Connected: the driver cursor now (no round trip), so that the
+            # first execute() takes the hot path.  A failure here is told by
+            # that execute(), which makes it again.
+            try:
+                cursor.__dict__.update(_raw_cursor=raw.cursor(*args, **kwargs))
+            except Exception:
+                return cursor
+            cursor.__dict__["_raw_connection"] = raw
         return cursor
 
     def rollback(self) -> None:
@@ -1102,7 +1124,11 @@ class ReconnectingConnection:
                 raise
             except Exception as exc:
                 raise _already_disconnected() from exc
-        return self._expose(raw, name, self._call(lambda raw: getattr(raw, name)))
+        try:  # the hot path: the connected driver's data, read as it is
+            value = getattr(raw, name)
+        except Exception:
+            value = self._call(lambda raw: getattr(raw, name))  # or Retry
+        return self._expose(raw, name, value)
 
     def _expose(self, raw: Any, name: str, value: Any) -> Any:
         """Return ``value``, read from ``raw``; its methods run on the current

@@ -75,20 +75,24 @@ def admin(pg):
 def ledger(pg):
     conn = admin(pg)
     try:
-        cursor = conn.cursor()
-        cursor.execute("DROP TABLE IF EXISTS account, applied")
-        cursor.execute("CREATE TABLE account (id int PRIMARY KEY, balance bigint)")
-        cursor.execute(
-            "CREATE TABLE applied (n serial, transfer_id text NOT NULL,"
-            " src int NOT NULL, dst int NOT NULL, amount int NOT NULL)"
-        )
-        cursor.execute(
-            "INSERT INTO account SELECT i, %s FROM generate_series(1, %s) i",
-            (OPENING_BALANCE, ACCOUNTS),
-        )
+        create_ledger(conn.cursor())
     finally:
         conn.close()
     return pg
+
+
+def create_ledger(cursor):
+    """Make the ledger's tables afresh, with the opening balances."""
+    cursor.execute("DROP TABLE IF EXISTS account, applied")
+    cursor.execute("CREATE TABLE account (id int PRIMARY KEY, balance bigint)")
+    cursor.execute(
+        "CREATE TABLE applied (n serial, transfer_id text NOT NULL,"
+        " src int NOT NULL, dst int NOT NULL, amount int NOT NULL)"
+    )
+    cursor.execute(
+        "INSERT INTO account SELECT i, %s FROM generate_series(1, %s) i",
+        (OPENING_BALANCE, ACCOUNTS),
+    )
 
 
 def transfer_once(db, cursor, transfer):
@@ -403,18 +407,7 @@ def soak(
         db.close()
     left = wind_down(proxy, pg, tally, threads_before, fds_before)
     ledger_figures = left.pop("ledger")
-    shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
-    figures = {
-        "transfers": len(tally.completed),
-        "escaped errors": len(tally.errors),
-        **{key: shown[key] for key in sorted(shown)},
-        **{k: v for k, v in ledger_figures.items() if k != "duplicate ids"},
-        "confirmed commits (log)": log_counts["Commit of transaction %s confirmed"],
-        "rolled-back commits (log)": log_counts[
-            "Transaction %s was rolled back; retrying"
-        ],
-        "wall seconds": round(wall, 2),
-    }
+    figures = figures_of(tally, ledger_figures, log_counts, wall)
     report(f"soak {name}", figures, ledger_figures, tally, record_property)
 
     assert_intact(ledger_figures, tally, left, threads_before, fds_before)
@@ -443,6 +436,24 @@ def wind_down(proxy, pg, tally, threads_before, fds_before):
         "backends": leftovers,
         "threads": threading.active_count(),
         "fds": open_fds(),
+    }
+
+
+def figures_of(tally, ledger_figures, log_counts, wall, **first):
+    """A soak's figures, to report: *first*, then the tally's, the audit's
+    and the package's log counts."""
+    shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
+    return {
+        **first,
+        "transfers": len(tally.completed),
+        "escaped errors": len(tally.errors),
+        **{key: shown[key] for key in sorted(shown)},
+        **{k: v for k, v in ledger_figures.items() if k != "duplicate ids"},
+        "confirmed commits (log)": log_counts["Commit of transaction %s confirmed"],
+        "rolled-back commits (log)": log_counts[
+            "Transaction %s was rolled back; retrying"
+        ],
+        "wall seconds": round(wall, 2),
     }
 
 
