@@ -31,7 +31,12 @@ from typing import Any, Protocol
 from transaction.interfaces import IDataManagerSavepoint, IRetryDataManager
 from zope.interface import implementer
 
-from reconnecting.connection import CommitOutcomeUnknown, ReconnectingConnection, Retry
+from reconnecting.connection import (
+    CommitOutcomeUnknown,
+    ReconnectingConnection,
+    Retry,
+    StatementOutcomeUnknown,
+)
 from reconnecting.prepared import ABORT, COMMIT, UNKNOWN, PreparedTransactions
 
 __all__ = [
@@ -529,6 +534,11 @@ def _autocommit(connection: Any) -> Iterator[Any]:
             yield cursor
         finally:
             cursor.close()
+    except StatementOutcomeUnknown as exc:
+        # In doubt, as after any outage: the data manager asks the server
+        # next whether the prepared transaction is still there.
+        cause = exc.__cause__ or exc
+        raise Retry((type(cause), cause, cause.__traceback__)) from cause
     finally:
         connection.autocommit = False
 
