@@ -14,6 +14,7 @@ documents: by looking at what the deciding connection committed.
 """
 
 import os
+from collections import Counter
 from urllib.parse import quote_plus
 
 import pytest
@@ -32,6 +33,9 @@ pytestmark = pytest.mark.model
 
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
 EXAMPLES = int(os.environ.get("RECONNECTING_MODEL_EXAMPLES", "10"))
+
+#: What the last run did: examples, and steps by fault (``pytest -s`` shows it).
+RAN = Counter()
 
 FAULTS = [
     None,
@@ -80,6 +84,7 @@ class AdapterModel(RuleBasedStateMachine):
 
     @initialize(a_two_phase=st.booleans(), b_two_phase=st.booleans())
     def make_adapters(self, a_two_phase, b_two_phase):
+        RAN["examples"] += 1
         server, proxy = self.server, self.proxy
         user = quote_plus(server.user)
         for name, host, port, mode in (
@@ -116,6 +121,7 @@ class AdapterModel(RuleBasedStateMachine):
         fault=st.sampled_from(FAULTS),
     )
     def unit_of_work(self, with_b, b_first, with_foreign, fault):
+        RAN[fault or "no fault"] += 1
         self.values += 1
         value, proxy = self.values, self.proxy
         foreign = None
@@ -255,4 +261,6 @@ def test_adapter_model(world):
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
+    RAN.clear()
     AdapterModel.TestCase().runTest()
+    print(f"\nadapter model ({DRIVER}): {dict(RAN)}")
