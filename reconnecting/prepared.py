@@ -86,6 +86,9 @@ class PreparedTransactions(Mapping[str, "str | None"]):
         self._connect = connect
         self._lock = threading.Lock()
         self._notes: dict[str, _Note] = {}
+        # Outcomes found by errands, for a caller whose note another thread
+        # finished meanwhile (only transactions that were in doubt).
+        self._outcomes: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<PreparedTransactions {dict(self)!r}>"
@@ -139,8 +142,8 @@ class PreparedTransactions(Mapping[str, "str | None"]):
         """
         with self._lock:
             note = self._notes.get(gid)
-        if note is None:
-            raise KeyError(gid)
+            if note is None:
+                return self._outcomes[gid]  # finished meanwhile, or KeyError
         errand = _Errand(self, note, time.monotonic() + timeout)
         return errand.outcome(timeout + _GRACE)
 
@@ -177,6 +180,7 @@ class PreparedTransactions(Mapping[str, "str | None"]):
         with self._lock:
             if self._notes.get(note.gid) is note:
                 del self._notes[note.gid]
+            self._outcomes[note.gid] = outcome
         expected = _FINAL.get(note.decision or "")
         if expected is not None and outcome != expected:
             log.error(
