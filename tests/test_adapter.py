@@ -45,7 +45,7 @@ def tm():
 @pytest.fixture
 def adapter(pg, tm):
     adapter = ReconnectingDatabaseAdapter(
-        f"dbi://{pg.user}@{quote_plus(pg.host)}:{pg.port}/{pg.dbname}",
+        f"dbi://{pg.user}:{pg.password}@{quote_plus(pg.host)}:{pg.port}/{pg.dbname}",
         transaction_manager=tm,
     )
     yield adapter
@@ -191,7 +191,7 @@ def test_run_retries_after_an_outage(pg, tm, direct):
     direct.execute("CREATE TABLE run_retry (x int)")
     with PortForwardTestSetup() as proxy:
         adapter = ReconnectingDatabaseAdapter(
-            f"dbi://{pg.user}@{proxy.host}:{proxy.port}/{pg.dbname}",
+            f"dbi://{pg.user}:{pg.password}@{proxy.host}:{proxy.port}/{pg.dbname}",
             transaction_manager=tm,
         )
         runs = []
@@ -246,7 +246,7 @@ def pair(pg, tm, proxy, direct):
         ):
             made.append(
                 ReconnectingDatabaseAdapter(
-                    f"dbi://{pg.user}@{host}:{port}/{pg.dbname}",
+                    f"dbi://{pg.user}:{pg.password}@{host}:{port}/{pg.dbname}",
                     transaction_manager=tm,
                     two_phase=mode,
                     driver=DRIVER,
@@ -458,7 +458,7 @@ def test_two_phase_abort_rolls_back_later_when_unreachable(pair, tm, proxy, dire
 def test_the_driver_is_chosen_by_name(pg, tm):
     for driver in ("psycopg2", "psycopg"):
         adapter = ReconnectingDatabaseAdapter(
-            f"dbi://{pg.user}@{pg.host}:{pg.port}/{pg.dbname}",
+            f"dbi://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{pg.dbname}",
             transaction_manager=tm,
             driver=driver,
         )
