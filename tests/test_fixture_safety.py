@@ -152,14 +152,6 @@ def test_the_existing_server_is_not_shown_with_its_password():
 # -- nobody else gets in --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg():
-    setup = PgTestSetup()
-    setup.setUp()
-    yield setup
-    setup.tearDown()
-
-
 def no_password(**params):
     """Connection parameters that give no password, from anywhere."""
     return {"passfile": "/nonexistent/pgpass", "connect_timeout": 5, **params}
