@@ -25,7 +25,6 @@ import ipaddress
 import os
 import selectors
 import socket
-import subprocess
 import threading
 import time
 from types import TracebackType
@@ -37,7 +36,7 @@ from reconnecting.testing._forwarding import (
     Switchboard,
     shutdown,
 )
-from reconnecting.testing._frontdoor import start_front_door
+from reconnecting.testing._frontdoor import close_door, open_door
 from reconnecting.testing._partition import Partition
 
 _JOIN_SECONDS = 5.0
@@ -170,9 +169,7 @@ class PortForwardTestSetup:
             raise
         self.port = listener.getsockname()[1]
         try:
-            self._door, self._control = start_front_door(
-                listener, self.target_host, self.target_port
-            )
+            self._line = open_door(listener, self.target_host, self.target_port)
         finally:
             listener.close()  # the front door's now: it alone stops listening
         self._handed: list[socket.socket] = []  # received while stopping
@@ -181,7 +178,7 @@ class PortForwardTestSetup:
         self._wake_r.setblocking(False)
         self._stopping = False
         self._selector = self._board.selector = selectors.DefaultSelector()
-        self._selector.register(self._control, READ, self._receive)
+        self._selector.register(self._line, READ, self._receive)
         self._selector.register(self._wake_r, READ, self._drain)
         self._thread = threading.Thread(
             target=self._run, name=f"portforward-{self.port}", daemon=True
@@ -209,16 +206,10 @@ class PortForwardTestSetup:
             with self._lock:
                 for link in list(self._board.links):
                     link.close()
-                # The front door ends when its control socket closes.
-                for sock in (self._control, self._wake_r, self._wake_w):
+                close_door(self._line, self._take)  # new connections refused
+                for sock in (self._line, self._wake_r, self._wake_w, *self._handed):
                     sock.close()
-                for sock in self._handed:
-                    sock.close()
-                try:
-                    self._door.wait(_JOIN_SECONDS)
-                except subprocess.TimeoutExpired:
-                    self._door.kill()
-                    self._door.wait()
+                self._handed = []
                 self._selector.close()
                 self._board.selector = None
                 self._thread = None
@@ -383,16 +374,7 @@ class PortForwardTestSetup:
 
     def _stop_listening(self) -> None:
         """Refuse new connections until the next ``setUp()`` (lock held)."""
-        control = self._control
-        control.setblocking(True)
-        try:
-            control.send(b"stop")
-            while self._take(control) != b"ok":
-                pass
-        except OSError:
-            pass  # the front door is gone: nobody listens anyway
-        finally:
-            control.setblocking(False)
+        close_door(self._line, self._take)
 
     def _run(self) -> None:
         selector = self._selector
@@ -437,10 +419,10 @@ class PortForwardTestSetup:
         except OSError:
             pass
 
-    def _take(self, control: socket.socket) -> bytes:
+    def _take(self, line: socket.socket) -> bytes:
         """Receive one message from the front door; keep a connection it
         hands over for ``_receive()``."""
-        message, fds, _, _ = socket.recv_fds(control, 16, 4)
+        message, fds, _, _ = socket.recv_fds(line, 16, 4)
         self._handed += [socket.socket(fileno=fd) for fd in fds]
         if not message:
             raise OSError("the front door closed")
@@ -449,11 +431,11 @@ class PortForwardTestSetup:
     def _receive(self) -> None:
         """Take the connections the front door hands over."""
         try:
-            self._take(self._control)
+            self._take(self._line)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
-            self._selector.unregister(self._control)  # it is gone: stop listening
+            self._selector.unregister(self._line)  # it is gone: stop listening
         handed, self._handed = self._handed, []
         for client in handed:
             self._accept(client)
