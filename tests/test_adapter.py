@@ -272,7 +272,11 @@ def ledger(direct):
 
 
 def prepared(direct):
-    direct.execute("SELECT gid FROM pg_prepared_xacts ORDER BY gid")
+    # This database's: other runs may share the server.
+    direct.execute(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        " ORDER BY gid"
+    )
     return [gid for (gid,) in direct.fetchall()]
 
 

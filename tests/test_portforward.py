@@ -122,7 +122,7 @@ def raw_session(pg, proxy):
     params = f"user\0{pg.user}\0database\0{pg.dbname}\0\0".encode()
     body = struct.pack("!i", 196608) + params
     sock.sendall(struct.pack("!i", len(body) + 4) + body)
-    if pg.password is not None:
+    if pg.password:
         scram_login(sock, pg.password)
     read_until_ready(sock)
     return sock

@@ -112,7 +112,7 @@ class PgTestSetup:
     user = property(lambda self: self.server.user, doc="The role to connect as.")
     password = property(
         lambda self: self.server.password,
-        doc="The role's password (the throwaway cluster's is generated), or None.",
+        doc="The role's password (the throwaway cluster's is generated), or ''.",
     )
 
     @property

@@ -80,8 +80,8 @@ class Server:
     host: str
     port: int | str | None  # str: several, as in "5432,5433"
     user: str
-    #: The role's password, if the server asks for one (never printed).
-    password: str | None = None
+    #: The role's password, or ``""`` when the server asks none (never printed).
+    password: str = ""
     _fast_clone = False  # FILE_COPY checkpoints: fine on a throwaway cluster only
 
     def __init__(self) -> None:
@@ -274,7 +274,7 @@ class ExistingServer(Server):
         self.host: str = self._params["host"]
         self.port: int | str = self._params["port"]
         self.user: str = self._params["user"]
-        self.password = self._params.get("password")
+        self.password = self._params.get("password", "")
         if self.port.isdigit():
             self.port = int(self.port)
         atexit.register(self._drop_template_quietly)
