@@ -137,3 +137,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
             for name, value in getattr(report, "user_properties", []):
                 if name == "soak":
                     terminalreporter.write_line(value)
+
+
+def pytest_configure(config) -> None:
+    # The examples of a page share its namespace: with pytest-xdist (-n 2),
+    # each page must run whole on one worker.
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadfile"

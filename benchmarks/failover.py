@@ -40,6 +40,7 @@ def dsn(primary, standby):
     return (
         f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port}"
         " dbname=postgres user=postgres target_session_attrs=read-write"
+        f" password={primary.password}"
     )
 
 

@@ -188,7 +188,10 @@ def main(rounds=7):
     cluster = SmallCluster()
     try:
         cluster.start()
-        cluster._execute("CREATE ROLE storm LOGIN", "CREATE DATABASE storm")
+        cluster._execute(
+            f"CREATE ROLE storm LOGIN PASSWORD '{cluster.password}'",
+            "CREATE DATABASE storm",
+        )
         dsn = make_dsn(cluster.dsn("storm"), user="storm")
         waves = {
             PLAIN: (lambda: plain_wave(cluster, dsn)),

@@ -188,8 +188,9 @@ class Demo:
         from reconnecting.testing import PgTestSetup, PortForwardTestSetup
         from reconnecting.testing.server import ExistingServer
 
-        self.pg = PgTestSetup()
-        self.pg.setUp()
+        pg = PgTestSetup()
+        pg.setUp()  # interrupted, it leaves nothing (and no database to drop)
+        self.pg = pg
         self.can_restart = not isinstance(self.pg.server, ExistingServer)
         admin = self.pg.connect()
         try:

@@ -47,7 +47,7 @@ def tm():
 @pytest.fixture
 def adapter(pg, tm):
     adapter = ReconnectingDatabaseAdapter(
-        f"dbi://{pg.user}@{quote_plus(pg.host)}:{pg.port}/{pg.dbname}",
+        f"dbi://{pg.user}:{pg.password}@{quote_plus(pg.host)}:{pg.port}/{pg.dbname}",
         transaction_manager=tm,
     )
     yield adapter
@@ -193,7 +193,7 @@ def test_run_retries_after_an_outage(pg, tm, direct):
     direct.execute("CREATE TABLE run_retry (x int)")
     with PortForwardTestSetup() as proxy:
         adapter = ReconnectingDatabaseAdapter(
-            f"dbi://{pg.user}@{proxy.host}:{proxy.port}/{pg.dbname}",
+            f"dbi://{pg.user}:{pg.password}@{proxy.host}:{proxy.port}/{pg.dbname}",
             transaction_manager=tm,
         )
         runs = []
@@ -248,7 +248,7 @@ def pair(pg, tm, proxy, direct):
         ):
             made.append(
                 ReconnectingDatabaseAdapter(
-                    f"dbi://{pg.user}@{host}:{port}/{pg.dbname}",
+                    f"dbi://{pg.user}:{pg.password}@{host}:{port}/{pg.dbname}",
                     transaction_manager=tm,
                     two_phase=mode,
                     driver=DRIVER,
@@ -274,7 +274,11 @@ def ledger(direct):
 
 
 def prepared(direct):
-    direct.execute("SELECT gid FROM pg_prepared_xacts ORDER BY gid")
+    # This database's: other runs may share the server.
+    direct.execute(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        " ORDER BY gid"
+    )
     return [gid for (gid,) in direct.fetchall()]
 
 
@@ -631,7 +635,7 @@ def test_a_savepoint_after_an_outage_is_retried(pair, tm, proxy, direct):
 def test_the_driver_is_chosen_by_name(pg, tm):
     for driver in ("psycopg2", "psycopg"):
         adapter = ReconnectingDatabaseAdapter(
-            f"dbi://{pg.user}@{pg.host}:{pg.port}/{pg.dbname}",
+            f"dbi://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{pg.dbname}",
             transaction_manager=tm,
             driver=driver,
         )

@@ -74,7 +74,9 @@ def test_an_outage_prints_nothing_when_logging_is_not_configured(pg):
     server = pg.server
     env = {}
     if hasattr(server, "socket_dir"):
-        env[SERVER_ENV] = f"host={server.socket_dir} port={server.port} user=postgres"
+        env[SERVER_ENV] = (
+            f"host={server.socket_dir} port={server.port} user=postgres dbname=postgres"
+        )
     result = run_python(script, **env)
     assert (result.stdout, result.stderr) == ("1 1\n", "")
     # The same with logging configured: the warning is there.

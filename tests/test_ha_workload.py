@@ -155,7 +155,7 @@ def test_failover_to_a_promoted_standby(request, quiet, target_session_attrs):
         servers.append(standby)
         dsn = (
             f"host=127.0.0.1,127.0.0.1 port={primary.port},{standby.port}"
-            " dbname=postgres user=postgres"
+            f" dbname=postgres user=postgres password={primary.password}"
         )
         if target_session_attrs:
             dsn += " target_session_attrs=read-write"

@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,7 +51,7 @@ def test_setup_creates_and_teardown_drops_a_database():
         setup.dbname  # noqa: B018
     setup.setUp()
     dbname = setup.dbname
-    assert dbname.startswith(f"rtest_{os.getpid()}_")
+    assert re.fullmatch(r"rtest_[0-9a-f]{8}_\d+", dbname)  # a token of the run
     assert database_exists(dbname)
     assert setup.last_create_seconds > 0
     setup.tearDown()
@@ -141,7 +142,9 @@ def test_a_new_instance_describes_the_current_database(setup):
     assert (other.host, other.port, other.user) == ("127.0.0.1", setup.port, "postgres")
     assert other.server is get_cluster() and other.cluster is other.server
     assert f"dbname={setup.dbname}" in other.dsn and f"port={setup.port}" in other.dsn
-    assert "password" not in other.dsn and "password" not in repr(other)
+    secret = other.password
+    assert f"password={secret}" in other.dsn  # never printed: compared only
+    assert secret not in repr(other) and secret not in repr(other.server)
     assert repr(other) == (
         f"<PgTestSetup dbname={setup.dbname!r} host='127.0.0.1'"
         f" port={setup.port!r} user='postgres'>"
@@ -230,7 +233,9 @@ def test_members_of_password_required_need_their_password(setup, monkeypatch):
 
 def test_existing_server(setup, monkeypatch):
     cluster = setup.server
-    conninfo = f"host={cluster.socket_dir} port={cluster.port} user=postgres"
+    conninfo = (
+        f"host={cluster.socket_dir} port={cluster.port} user=postgres dbname=postgres"
+    )
     monkeypatch.setenv(SERVER_ENV, conninfo)
     existing = PgTestSetup()
     existing.setUp()

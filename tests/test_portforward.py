@@ -1,5 +1,8 @@
 """The fault-injecting proxy, against a real PostgreSQL server (no mocks)."""
 
+import base64
+import hashlib
+import hmac
 import os
 import signal
 import socket
@@ -58,6 +61,7 @@ def connect(pg, proxy):
                 port=proxy.port,
                 user=pg.user,
                 dbname=pg.dbname,
+                password=pg.password,
                 **kwargs,
             )
         )
@@ -118,8 +122,48 @@ def raw_session(pg, proxy):
     params = f"user\0{pg.user}\0database\0{pg.dbname}\0\0".encode()
     body = struct.pack("!i", 196608) + params
     sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    if pg.password:
+        scram_login(sock, pg.password)
     read_until_ready(sock)
     return sock
+
+
+def read_message(sock):
+    """One backend message: its type and body."""
+    header = b""
+    while len(header) < 5:
+        header += sock.recv(5 - len(header))
+    length = struct.unpack("!i", header[1:])[0] - 4
+    body = b""
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    return header[:1], body
+
+
+def scram_login(sock, password):
+    """Answer the server's SCRAM-SHA-256 request (RFC 5802, RFC 7677)."""
+    kind, body = read_message(sock)
+    assert kind == b"R" and b"SCRAM-SHA-256" in body, (kind, body)
+    nonce = base64.b64encode(os.urandom(18))
+    first_bare = b"n=,r=" + nonce
+    first = b"n,," + first_bare
+    mechanism = b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first
+    sock.sendall(b"p" + struct.pack("!i", len(mechanism) + 4) + mechanism)
+    kind, body = read_message(sock)
+    server_first = body[4:]
+    fields = dict(part.split(b"=", 1) for part in server_first.split(b","))
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(fields[b"s"]), int(fields[b"i"])
+    )
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    final_bare = b"c=biws,r=" + fields[b"r"]
+    message = first_bare + b"," + server_first + b"," + final_bare
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), message, "sha256")
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    final = final_bare + b",p=" + base64.b64encode(proof)
+    sock.sendall(b"p" + struct.pack("!i", len(final) + 4) + final)
+    kind, body = read_message(sock)  # the server's signature
+    assert kind == b"R", body
 
 
 def test_forwards(pg, proxy, connect):
@@ -422,7 +466,11 @@ def test_lazy_target_context_manager_and_unix_socket(pg):
     with PortForwardTestSetup() as pf:  # the current test database's server
         assert (pf.target_host, pf.target_port) == (pg.host, pg.port)
         conn = psycopg2.connect(
-            host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+            host=pf.host,
+            port=pf.port,
+            user=pg.user,
+            dbname=pg.dbname,
+            password=pg.password,
         )
         assert select_1(conn) == 1
     assert_closed(conn)
@@ -433,7 +481,11 @@ def test_lazy_target_context_manager_and_unix_socket(pg):
         pytest.skip("the test server has no socket directory of ours")
     with PortForwardTestSetup(socket_dir, pg.port) as pf:
         conn = psycopg2.connect(
-            host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+            host=pf.host,
+            port=pf.port,
+            user=pg.user,
+            dbname=pg.dbname,
+            password=pg.password,
         )
         assert select_1(conn) == 1
         conn.close()
@@ -455,6 +507,9 @@ def blocked_query(conn):
 
 
 def test_leaves_no_thread_or_file_descriptor(pg):
+    # The front door process, one for all proxies, stays: its one socket too.
+    with PortForwardTestSetup(pg.host, pg.port):
+        pass
     fds = len(os.listdir("/proc/self/fd"))
     pf = PortForwardTestSetup(pg.host, pg.port)
     conns = []
@@ -464,7 +519,11 @@ def test_leaves_no_thread_or_file_descriptor(pg):
         def connect():
             conns.append(
                 psycopg2.connect(
-                    host=pf.host, port=pf.port, user=pg.user, dbname=pg.dbname
+                    host=pf.host,
+                    port=pf.port,
+                    user=pg.user,
+                    dbname=pg.dbname,
+                    password=pg.password,
                 )
             )
             return conns[-1]
@@ -546,3 +605,57 @@ def test_a_killed_process_leaves_no_rule_behind():
         child.stdout.close()
     wait_until(lambda: not firewall_rules(port))
     assert firewall_rules(port) == []
+
+
+# -- cancel() through the proxy -----------------------------------------------------
+
+CANCEL = """
+    import importlib, sys, threading, time
+    from reconnecting.testing import PgTestSetup, PortForwardTestSetup
+    driver = importlib.import_module(sys.argv[1])
+    pg = PgTestSetup()
+    pg.setUp()
+    with PortForwardTestSetup() as proxy:
+        conn = driver.connect(pg.dsn, host=proxy.host, port=proxy.port)
+        errors = []
+
+        def sleep():
+            try:
+                conn.cursor().execute("SELECT pg_sleep(60)")
+            except driver.Error as exc:
+                errors.append(type(exc).__name__)
+
+        worker = threading.Thread(target=sleep)
+        worker.start()
+        check = driver.connect(pg.dsn)
+        check.autocommit = True
+        while True:  # until the query runs on the server
+            cursor = check.cursor()
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE query LIKE 'SELECT pg_sleep(60)%' AND state = 'active'")
+            if cursor.fetchone()[0]:
+                break
+        conn.cancel()  # blocking: it used to hang the whole process here
+        worker.join()
+        print(errors, proxy.accepted)
+    pg.tearDown()
+"""
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_blocking_cancel_goes_through(driver, tmp_path):
+    # In a process of its own: a deadlock there is a failure here, not a hang.
+    script = tmp_path / "cancel.py"
+    script.write_text(textwrap.dedent(CANCEL))
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script), driver],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{driver}'s cancel() through the proxy deadlocked")
+    assert result.stdout == "['QueryCanceled'] 1\n", result.stderr

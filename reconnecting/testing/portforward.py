@@ -6,7 +6,12 @@ and pure Python.  On request it stops listening, drops or resets the
 connections, swallows bytes, cuts a stream after some bytes, adds latency, or
 cuts a connection at the very moment of a ``COMMIT``.
 
-One thread runs a selector loop over non-blocking sockets.  (Measured: it
+A small process of its own, the front door
+(``reconnecting/testing/_frontdoor.py``), holds the listening socket: it
+forwards cancel requests to the server itself, since a driver's blocking
+``cancel()`` holds the GIL until the server has answered, and hands every
+other connection to the proxy.  In the proxy, one thread runs a selector
+loop over non-blocking sockets.  (Measured: it
 costs less per round trip than a thread per direction, because the thread
 that forwards a query also receives the reply.)  The fault methods run in
 the caller's thread, under the same lock as the loop's work.  Each
@@ -31,6 +36,7 @@ from reconnecting.testing._forwarding import (
     Switchboard,
     shutdown,
 )
+from reconnecting.testing._frontdoor import close_door, open_door
 from reconnecting.testing._partition import Partition
 
 _JOIN_SECONDS = 5.0
@@ -89,7 +95,8 @@ class PortForwardTestSetup:
         self.host: str = host
         #: The port the proxy listens on (chosen by the first ``setUp()``).
         self.port: int = port
-        #: Connections accepted since the proxy was made.
+        #: Connections accepted since the proxy was made (cancel requests,
+        #: which the front door forwards itself, not counted).
         self.accepted: int = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -160,14 +167,18 @@ class PortForwardTestSetup:
         except OSError:
             listener.close()
             raise
-        listener.setblocking(False)
         self.port = listener.getsockname()[1]
+        try:
+            self._line = open_door(listener, self.target_host, self.target_port)
+        finally:
+            listener.close()  # the front door's now: it alone stops listening
+        self._handed: list[socket.socket] = []  # received while stopping
         # tearDown() writes to the wake-up pair to end the loop's select().
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._listener, self._stopping = listener, False
+        self._stopping = False
         self._selector = self._board.selector = selectors.DefaultSelector()
-        self._selector.register(listener, READ, self._accept)
+        self._selector.register(self._line, READ, self._receive)
         self._selector.register(self._wake_r, READ, self._drain)
         self._thread = threading.Thread(
             target=self._run, name=f"portforward-{self.port}", daemon=True
@@ -195,8 +206,10 @@ class PortForwardTestSetup:
             with self._lock:
                 for link in list(self._board.links):
                     link.close()
-                for sock in (self._listener, self._wake_r, self._wake_w):
+                close_door(self._line, self._take)  # new connections refused
+                for sock in (self._line, self._wake_r, self._wake_w, *self._handed):
                     sock.close()
+                self._handed = []
                 self._selector.close()
                 self._board.selector = None
                 self._thread = None
@@ -361,8 +374,7 @@ class PortForwardTestSetup:
 
     def _stop_listening(self) -> None:
         """Refuse new connections until the next ``setUp()`` (lock held)."""
-        self._selector.unregister(self._listener)
-        self._listener.close()
+        close_door(self._line, self._take)
 
     def _run(self) -> None:
         selector = self._selector
@@ -407,11 +419,28 @@ class PortForwardTestSetup:
         except OSError:
             pass
 
-    def _accept(self) -> None:
+    def _take(self, line: socket.socket) -> bytes:
+        """Receive one message from the front door; keep a connection it
+        hands over for ``_receive()``."""
+        message, fds, _, _ = socket.recv_fds(line, 16, 4)
+        self._handed += [socket.socket(fileno=fd) for fd in fds]
+        if not message:
+            raise OSError("the front door closed")
+        return message
+
+    def _receive(self) -> None:
+        """Take the connections the front door hands over."""
         try:
-            client, _ = self._listener.accept()
-        except OSError:  # the client gave up already
-            return
+            self._take(self._line)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._selector.unregister(self._line)  # it is gone: stop listening
+        handed, self._handed = self._handed, []
+        for client in handed:
+            self._accept(client)
+
+    def _accept(self, client: socket.socket) -> None:
         self.accepted += 1
         try:
             server = self._connect()

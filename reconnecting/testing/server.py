@@ -6,10 +6,21 @@ databases, cloned from a small template, and terminating their connections.
 the tests may not stop or start; ``Cluster`` (in
 :mod:`reconnecting.testing.cluster`) is a throwaway one; that module's
 ``get_server()`` chooses between them.
+
+libpq reads its own environment variables (``PGHOST``, ``PGHOSTADDR``,
+``PGPASSWORD``, ``PGSERVICE``, ``PGSSLMODE`` and the rest) at every
+connection, and they would fill in, or override, what a connection string
+leaves out.  ``forget_libpq_environment()`` removes them from the test
+process before the fixtures connect, and the connection strings the
+fixtures make name every part explicitly, so that nobody's real server is
+reached by accident.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import secrets
 import threading
 import time
 from typing import Any
@@ -19,10 +30,44 @@ from psycopg2.extensions import make_dsn, parse_dsn
 
 from reconnecting.testing.waiting import wait_until
 
-__all__ = ["SERVER_ENV", "ExistingServer", "Server"]
+__all__ = ["SERVER_ENV", "ExistingServer", "Server", "forget_libpq_environment"]
 
 SERVER_ENV = "RECONNECTING_TEST_SERVER"
-TEMPLATE = "reconnecting_template"
+TEMPLATE_PREFIX = "reconnecting_template_"
+# The parts RECONNECTING_TEST_SERVER must name itself: libpq would take any
+# other from its environment or its defaults.
+REQUIRED = ("host", "port", "user", "dbname")
+# Parts that would pull in settings from files nobody named.
+REFUSED = ("service", "servicefile")
+
+
+def forget_libpq_environment() -> None:
+    """Remove libpq's ``PG*`` variables from this process's environment.
+
+    libpq consults them at every connection; none may choose, or reach
+    into, a test server.  (The server binaries get an environment without
+    them too.)
+    """
+    for name in [name for name in os.environ if name.startswith("PG")]:
+        os.environ.pop(name, None)
+
+
+def write_private_file(path: str, text: str) -> None:
+    """Write *text* to *path*, readable by its owner only (it holds a secret)."""
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(text)
+
+
+def run_token() -> str:
+    """A random token naming this process's databases: unique per run and
+    per xdist worker, whatever the PID namespace."""
+    global _token
+    if _token is None or _token[0] != os.getpid():
+        _token = (os.getpid(), secrets.token_hex(4))
+    return _token[1]
+
+
+_token: tuple[int, str] | None = None
 
 
 def _ident(name: str) -> str:
@@ -33,13 +78,16 @@ class Server:
     """What ``PgTestSetup`` needs of a server: ``Cluster`` or ``ExistingServer``."""
 
     host: str
-    port: int | None
+    port: int | str | None  # str: several, as in "5432,5433"
     user: str
+    #: The role's password, or ``""`` when the server asks none (never printed).
+    password: str = ""
     _fast_clone = False  # FILE_COPY checkpoints: fine on a throwaway cluster only
 
     def __init__(self) -> None:
         self._template_lock = threading.Lock()
-        self._template_ready = False
+        self._template: str | None = None  # this run's own, once made
+        self._template_pid: int | None = None  # the process that made it
         self._version_num: int | None = None
 
     @property
@@ -53,7 +101,7 @@ class Server:
         raise NotImplementedError
 
     def dsn(self, dbname: str, **extra: Any) -> str:
-        """Return a libpq connection string for *dbname*, without a password."""
+        """Return a libpq connection string for *dbname*, password included."""
         raise NotImplementedError
 
     def connect(self, dbname: str, **kwargs: Any) -> Any:
@@ -61,6 +109,7 @@ class Server:
 
         :param kwargs: passed to ``psycopg2.connect``.
         """
+        forget_libpq_environment()
         return psycopg2.connect(self.dsn(dbname), **kwargs)
 
     def _execute(self, *statements: str, dbname: str | None = None) -> float:
@@ -105,12 +154,12 @@ class Server:
 
     def create_database(self, dbname: str) -> float:
         """Create *dbname* from the template; return the seconds that took."""
-        self._ensure_template()
+        template = self._ensure_template()
         strategy = ""
         if self._fast_clone and self.server_version_num >= 150000:
             strategy = " STRATEGY FILE_COPY"  # twice as fast as WAL_LOG, fsync off
         return self._execute(
-            f"CREATE DATABASE {_ident(dbname)} TEMPLATE {TEMPLATE}{strategy}"
+            f"CREATE DATABASE {_ident(dbname)} TEMPLATE {_ident(template)}{strategy}"
         )
 
     def drop_database(self, dbname: str) -> float:
@@ -130,33 +179,32 @@ class Server:
             conn.close()
         return self._version_num
 
-    def _ensure_template(self) -> None:
-        with self._template_lock:
-            if self._template_ready:
-                return
-            # A stale one from an earlier run may be in any state: start afresh.
-            # template0 is pristine on any server; template1 may be customised.
-            # Nobody may connect to ours: a connection would make cloning fail.
-            if self._template_exists():
-                self._execute(
-                    f"ALTER DATABASE {TEMPLATE} IS_TEMPLATE false",
-                    f"DROP DATABASE {TEMPLATE}",
-                )
-            self._execute(
-                f"CREATE DATABASE {TEMPLATE} TEMPLATE template0 ENCODING 'UTF8'"
-                " LC_COLLATE 'C' LC_CTYPE 'C'",
-                f"ALTER DATABASE {TEMPLATE} ALLOW_CONNECTIONS false",
-            )
-            self._template_ready = True
+    def _ensure_template(self) -> str:
+        """Make this run's template, once; return its name.
 
-    def _template_exists(self) -> bool:
-        conn = self.admin_connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE,))
-                return cur.fetchone() is not None
-        finally:
-            conn.close()
+        Its name is this run's own (random), so runs and xdist workers sharing a
+        server never clone from a template another one is re-making.
+        template0 is pristine on any server; template1 may be customised.
+        Nobody may connect to ours: a connection would make cloning fail.
+        """
+        with self._template_lock:
+            template = self._template
+            if template is None or self._template_pid != os.getpid():
+                template = TEMPLATE_PREFIX + secrets.token_hex(4)
+                self._execute(
+                    f"CREATE DATABASE {template} TEMPLATE template0 ENCODING 'UTF8'"
+                    " LC_COLLATE 'C' LC_CTYPE 'C'",
+                    f"ALTER DATABASE {template} ALLOW_CONNECTIONS false",
+                )
+                self._template, self._template_pid = template, os.getpid()
+            return template
+
+    def drop_template(self) -> None:
+        """Drop this run's template, if made (the end of a run does it)."""
+        with self._template_lock:
+            template, self._template = self._template, None
+            if template is not None and self._template_pid == os.getpid():
+                self._execute(f"DROP DATABASE IF EXISTS {template}")
 
     def start(self) -> None:
         """Start the server."""
@@ -171,29 +219,71 @@ class Server:
         raise NotImplementedError
 
 
+def _explicit(params: dict[str, str]) -> dict[str, str]:
+    """*params* with the parts libpq would otherwise look up set to nothing:
+    no ``PGHOSTADDR``, no password file unless one is named."""
+    defaults = {"hostaddr": ""}
+    if "password" not in params:  # no ~/.pgpass: a path that cannot exist
+        defaults["passfile"] = os.path.join(os.devnull, "none")
+    return {**defaults, **params}
+
+
+def parse_server_conninfo(conninfo: str) -> dict[str, str]:
+    """Parse the connection string of ``RECONNECTING_TEST_SERVER``.
+
+    :raises ValueError: if it does not parse, or leaves out a part that it
+        must name (host, port, user, dbname), or names a service.  The
+        message never quotes the string, which may hold a password.
+    """
+    try:
+        params = parse_dsn(conninfo)
+    except psycopg2.Error:
+        raise ValueError(
+            f"{SERVER_ENV} is not a libpq connection string"
+            " (e.g. 'host=/run/postgresql port=5432 user=postgres dbname=postgres')"
+        ) from None
+    missing = [name for name in REQUIRED if not params.get(name)]
+    refused = [name for name in REFUSED if name in params]
+    if missing or refused:
+        problems = []
+        if missing:
+            problems.append(f"name {', '.join(missing)} too")
+        if refused:
+            problems.append(f"not name {', '.join(refused)}")
+        raise ValueError(
+            f"{SERVER_ENV} must {' and '.join(problems)}: every part of the"
+            " connection is given there explicitly, since libpq's PG* variables,"
+            " service files and defaults are not used to choose a test server"
+            f" (given: {', '.join(sorted(params)) or 'nothing'})"
+        )
+    return _explicit(params)
+
+
 class ExistingServer(Server):
     """An existing server named by a libpq connection string.
 
     Test databases can be created and dropped, and their connections
-    terminated, but the server cannot be stopped or started.
+    terminated, but the server cannot be stopped or started.  The string
+    must name host, port, user and dbname (the database to connect to
+    for managing the others); a password, if the server wants one.
     """
 
     def __init__(self, conninfo: str) -> None:
         super().__init__()
-        self._params = parse_dsn(conninfo)  # fails early on a malformed string
-        self._resolved: tuple[str, int, str] | None = None
+        self._params = parse_server_conninfo(conninfo)  # fails early
+        self.host: str = self._params["host"]
+        self.port: int | str = self._params["port"]
+        self.user: str = self._params["user"]
+        self.password = self._params.get("password", "")
+        if self.port.isdigit():
+            self.port = int(self.port)
+        atexit.register(self._drop_template_quietly)
 
-    def _resolve(self, index: int) -> Any:
-        # libpq fills in what the string leaves out: ask a connection.
-        if self._resolved is None:
-            conn = self.admin_connect()
-            self._resolved = (conn.info.host, conn.info.port, conn.info.user)
-            conn.close()
-        return self._resolved[index]
-
-    host = property(lambda self: self._resolve(0), doc="Host name or socket directory.")
-    port = property(lambda self: self._resolve(1), doc="The server's port.")
-    user = property(lambda self: self._resolve(2), doc="The role connected as.")
+    def _drop_template_quietly(self) -> None:
+        try:
+            self.drop_template()
+        except psycopg2.Error:
+            pass  # the server went away: nothing more to do there
 
     def start(self, *args: Any, **kwargs: Any) -> None:
         """Raise ``RuntimeError``: an existing server cannot be controlled."""
@@ -206,23 +296,23 @@ class ExistingServer(Server):
 
     def admin_connect(self, dbname: str | None = None) -> Any:
         """Connect as the connection string says (with its password, if any)."""
-        dbname = dbname or self._params.get("dbname") or "postgres"
-        conn = psycopg2.connect(make_dsn(**{**self._params, "dbname": dbname}))
+        forget_libpq_environment()
+        dsn = make_dsn(**{**self._params, "dbname": dbname or self._params["dbname"]})
+        conn = psycopg2.connect(dsn)
         conn.autocommit = True
         return conn
 
     def dsn(self, dbname: str, **extra: Any) -> str:
-        """Return the connection string for *dbname*, without its password."""
-        params = {k: v for k, v in self._params.items() if k != "password"}
-        return make_dsn(**{**params, "dbname": dbname, **extra})
+        """Return the connection string for *dbname*, with its password if any."""
+        return make_dsn(**{**self._params, "dbname": dbname, **extra})
 
     def connect(self, dbname: str, **kwargs: Any) -> Any:
         """Return a new psycopg2 connection to *dbname*, with the password if any."""
-        dsn = make_dsn(**{**self._params, "dbname": dbname})
-        return psycopg2.connect(dsn, **kwargs)
+        forget_libpq_environment()
+        return psycopg2.connect(self.dsn(dbname), **kwargs)
 
     def __repr__(self) -> str:
-        # Never connect, nor show a password, to describe the server.
-        keys = ("host", "port", "user")
-        host, port, user = self._resolved or [self._params.get(k) for k in keys]
-        return f"<ExistingServer host={host!r} port={port!r} user={user!r}>"
+        # Never show a password to describe the server.
+        return (
+            f"<ExistingServer host={self.host!r} port={self.port!r} user={self.user!r}>"
+        )
