@@ -87,12 +87,13 @@ class AdapterModel(RuleBasedStateMachine):
         RAN["examples"] += 1
         server, proxy = self.server, self.proxy
         user = quote_plus(server.user)
+        password = quote_plus(server.password)
         for name, host, port, mode in (
             ("a", proxy.host, proxy.port, a_two_phase),
             ("b", quote_plus(server.host), server.port, b_two_phase),
         ):
             self.adapters[name] = ReconnectingDatabaseAdapter(
-                f"dbi://{user}@{host}:{port}/{server.dbname}",
+                f"dbi://{user}:{password}@{host}:{port}/{server.dbname}",
                 transaction_manager=self.tm,
                 two_phase=mode,
                 driver=DRIVER,

@@ -62,6 +62,7 @@ def proxied(driver, pg, proxy, **kwargs):
     url = URL.create(
         f"postgresql+reconnecting_{driver}",
         username=pg.user,
+        password=pg.password,
         host=proxy.host,
         port=proxy.port,
         database=pg.dbname,
@@ -130,6 +131,7 @@ def test_the_pre_ping_refuses_a_standby_unless_one_was_asked_for(standby, driver
     url = URL.create(
         f"postgresql+reconnecting_{driver}",
         username="postgres",
+        password=standby.password,
         database="postgres",
         query=query,
     )

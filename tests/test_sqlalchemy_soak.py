@@ -86,6 +86,7 @@ def proxied_url(drivername, pg, proxy):
     return URL.create(
         drivername,
         username=pg.user,
+        password=pg.password,
         host=proxy.host,
         port=proxy.port,
         database=pg.dbname,
@@ -236,6 +237,7 @@ def test_sessions_through_a_failover(pair, log_counter, record_property, driver)
     url = URL.create(
         f"postgresql+reconnecting_{driver}",
         username="postgres",
+        password=primary.password,
         database="postgres",
         query={"host": [f"127.0.0.1:{primary.port}", f"127.0.0.1:{standby.port}"]},
     )
