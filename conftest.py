@@ -62,6 +62,12 @@ def tear_down_page(namespace: dict) -> None:
     for value in values:
         if isinstance(value, PortForwardTestSetup):
             value.tearDown()
+        elif type(value).__module__.startswith("sqlalchemy") and hasattr(
+            value, "dispose"
+        ):
+            disposing = value.dispose()  # an engine: its pooled connections
+            if inspect.isawaitable(disposing):  # an asyncio engine
+                namespace["_event_loop"].run_until_complete(disposing)
         elif hasattr(value, "close") and type(value).__module__.startswith(
             ("reconnecting", "psycopg2", "psycopg")
         ):

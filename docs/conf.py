@@ -32,6 +32,8 @@ nitpick_ignore_regex = [
     # In attempts()'s signature; Attempt's private constructor argument.
     ("py:class", r"collections\.abc\.Iterator"),
     ("py:class", r"_AttemptLoop"),
+    # SQLAlchemy's classes, in the signatures of the dialects' helpers.
+    ("py:class", r"sqlalchemy\..*"),
 ]
 
 # Diagrams: Graphviz draws them at build time from the text beside the

@@ -21,6 +21,7 @@ from reconnecting.connection import (
     ReconnectingConnection,
     ReconnectingCursor,
     Retry,
+    StatementOutcomeUnknown,
     attempts,
     is_disconnection,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ReconnectingConnection",
     "ReconnectingCursor",
     "Retry",
+    "StatementOutcomeUnknown",
     "attempts",
     "is_disconnection",
 ]

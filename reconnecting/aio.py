@@ -9,31 +9,42 @@ The rules that tell an outage from any other error, resolve an interrupted
 commit, shape ``transaction()`` blocks and pace :func:`attempts` are the
 sync module's, imported from it: copy both files to use this one.
 
-A task cancelled in the middle of a call that talks to the server (by
-``task.cancel()`` or ``asyncio.timeout()``) leaves the connection as an
-outage does, minus the :class:`~reconnecting.Retry`: the server connection
-is closed, and the connection refuses work until ``rollback()``.
+Calls that talk to the server take turns, one at a time, as psycopg's
+own lock makes them.  A task cancelled while it waits for its turn (by
+``task.cancel()``, ``asyncio.timeout()`` or ``wait_for()``) leaves without
+touching anything.  One cancelled in the middle of its call leaves the
+connection as an outage does, minus the :class:`~reconnecting.Retry`: the
+server connection is closed at once, the server is asked in the background
+to cancel the query, and the connection refuses work until ``rollback()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import random
+import sys
+import threading
 import time
+import types
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
 
 from reconnecting.connection import (
     _CONNECT_GRACE,
+    _NOT_STATEMENTS,
     _REFUSED,
+    _SESSION_REPLACED,
     Attempt,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
     Retry,
+    StatementOutcomeUnknown,
     _AttemptLoop,
+    _cannot_write,
     _check_setting,
     _describe,
     _id_query,
@@ -41,6 +52,7 @@ from reconnecting.connection import (
     _note_standby_session,
     _plain_cursor,
     _refusal,
+    _statement_in_doubt,
     _status_questions,
     _TransactionBlock,
     is_disconnection,
@@ -53,6 +65,7 @@ __all__ = [
     "AsyncReconnectingCursor",
     "CommitOutcomeUnknown",
     "Retry",
+    "StatementOutcomeUnknown",
     "attempts",
 ]
 
@@ -61,6 +74,19 @@ __all__ = [
 _SESSION_SETTINGS = frozenset(
     {"autocommit", "isolation_level", "read_only", "deferrable"}
 )
+# Cursor methods that run no statement of the caller's (see _statement_lost).
+_NOT_STATEMENTS_ASYNC = _NOT_STATEMENTS | {"__anext__"}
+
+
+# What a psycopg cursor that ran nothing yet says.
+_UNUSED_CURSOR = {
+    "description": None,
+    "arraysize": 1,
+    "rowcount": -1,
+    "rownumber": None,
+    "statusmessage": None,
+    "pgresult": None,
+}
 
 
 def _work_refused(why: str) -> Retry:
@@ -103,6 +129,7 @@ class AsyncReconnectingConnection:
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._connecting = asyncio.Lock()
+        self._turn = _Turn()  # the call talking to the server, and those waiting
         self._disconnects = 0
         self._reconnects = 0
 
@@ -134,8 +161,17 @@ class AsyncReconnectingConnection:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
         return f"<{name} {self._state()} at {id(self):#x}>"
 
+    def _driver(self) -> Any | None:
+        """What holds the driver's exception classes, found without
+        connecting: the last server connection, else psycopg's connection
+        class, from the module the connection factory imported (the asyncio
+        connection is psycopg 3's)."""
+        if self._last_raw is not None:
+            return self._last_raw
+        return getattr(sys.modules.get("psycopg"), "AsyncConnection", None)
+
     def _closed_error(self, what: str = "connection") -> Exception:
-        error_class = getattr(self._last_raw, "InterfaceError", None)
+        error_class = getattr(self._driver(), "InterfaceError", None)
         if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
             error_class = DisconnectedConnectionError
         return error_class(f"{what} already closed")
@@ -187,6 +223,8 @@ class AsyncReconnectingConnection:
         except Exception as exc:
             if not is_disconnection(exc, None):
                 raise
+            if self._closed:  # closed by another task while this one connected
+                raise self._closed_error() from exc
             self._refusal = "Already disconnected"
             self._disconnects += 1
             log.warning("Could not reconnect to the database: %s", _describe(exc))
@@ -201,12 +239,24 @@ class AsyncReconnectingConnection:
             await _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
+    async def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
+        """``_lost()``, for a statement of the caller's that was running: in
+        autocommit mode it may have committed, unless it could not write
+        (the sync connection's rule)."""
+        unknown = (
+            is_disconnection(exc, raw)
+            and raw.autocommit
+            and not self._blocks
+            and not _cannot_write(raw)
+        )
+        retry = await self._lost(raw, exc)
+        return _statement_in_doubt(exc) if unknown else retry
+
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
 
-        psycopg has asked the server to stop the query; whatever the
-        transaction did goes with the server connection, so work is refused
-        until ``rollback()``, as after an outage.
+        Whatever the transaction did goes with the server connection, so
+        work is refused until ``rollback()``, as after an outage.
         """
         if self._raw is raw:
             self._raw = None
@@ -214,47 +264,82 @@ class AsyncReconnectingConnection:
             log.info("Cancelled during a %s; closing the server connection", what)
         _close_now(raw)
 
-    async def _call(self, function: Callable[[Any], Any]) -> Any:
-        """Await ``function(raw_connection)``, turning outages into Retry."""
-        raw = await self._connection()
+    async def _call(
+        self, function: Callable[[Any], Any], statement: bool = False
+    ) -> Any:
+        """Await ``function(raw_connection)`` in turn, turning outages into
+        Retry (or, for a ``statement``, what ``_statement_lost`` says)."""
+        turn = self._turn
+        await turn.take()
         try:
-            result = function(raw)
-            return await result if inspect.isawaitable(result) else result
-        except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
-                raise
-            raise await self._lost(raw, exc) from exc
-        except BaseException:  # cancelled
-            self._interrupted(raw)
-            raise
+            raw = await self._connection()
+            try:
+                result = function(raw)
+                if inspect.isawaitable(result):
+                    result = await _closing_first(result, self, raw)
+                return result
+            except Exception as exc:
+                if self._closed or not _is_outage(exc, raw):
+                    raise
+                if statement:
+                    raise await self._statement_lost(raw, exc) from exc
+                raise await self._lost(raw, exc) from exc
+        finally:
+            turn.give()
+
+    async def _in_turn(self, work: Callable[[], Awaitable[None]]) -> None:
+        turn = self._turn
+        await turn.take()
+        try:
+            await work()
+        finally:
+            turn.give()
 
     async def _iterate(
-        self, start: Callable[[Any], AsyncIterator[Any]], what: str
+        self, start: Callable[[Any], AsyncIterator[Any]], what: str, *, hold: bool
     ) -> AsyncIterator[Any]:
-        """Yield from the driver's ``start(raw_connection)``, with Retry."""
-        raw = await self._connection()
-        items = start(raw)
+        """Yield from the driver's ``start(raw_connection)``, as ``_call``.
+
+        With ``hold``, the iteration is a statement of the caller's, and
+        keeps the turn from the first item to the end, as psycopg keeps its
+        lock through a ``stream()``; without, the turn is taken for each
+        item, as ``notifies()`` takes psycopg's.
+        """
+        turn = self._turn
+        await turn.take()
+        holding = True
         try:
-            while True:
-                try:
-                    item = await items.__anext__()
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:
-                    if self._closed or not _is_outage(exc, raw):
-                        raise
-                    raise await self._lost(raw, exc) from exc
-                except BaseException:
-                    self._interrupted(raw, what)
-                    raise
-                yield item
-        finally:
-            aclose = getattr(items, "aclose", None)
+            raw = await self._connection()
+            items = start(raw)
             try:
-                if aclose is not None:
-                    await aclose()
-            except Exception:
-                pass  # broken with its connection; closing only frees it
+                while True:
+                    if not holding:
+                        await turn.take()
+                        holding = True
+                    try:
+                        item = await _closing_first(items.__anext__(), self, raw, what)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:
+                        if self._closed or not _is_outage(exc, raw):
+                            raise
+                        if hold:
+                            raise await self._statement_lost(raw, exc) from exc
+                        raise await self._lost(raw, exc) from exc
+                    if not hold:
+                        holding = False
+                        turn.give()
+                    yield item
+            finally:
+                aclose = getattr(items, "aclose", None)
+                try:
+                    if aclose is not None:
+                        await aclose()
+                except Exception:
+                    pass  # broken with its connection; closing only frees it
+        finally:
+            if holding:
+                turn.give()
 
     # -- DB-API, with await -----------------------------------------------------
 
@@ -279,7 +364,10 @@ class AsyncReconnectingConnection:
         With ``resolve_commit``, a commit interrupted after the transaction
         wrote something is resolved by the sync connection's rules: normal
         return if the server committed it (results already received stay
-        readable), :class:`~reconnecting.Retry` if it rolled it back,
+        readable, and the connection stays disconnected, since the server
+        session is gone: the next call raises :class:`~reconnecting.Retry`
+        until ``rollback()``), :class:`~reconnecting.Retry` if it rolled it
+        back,
         :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell in
         time.  The answer comes within ``resolve_timeout`` seconds plus the
         time one connection and question take (estimated from the round
@@ -291,28 +379,34 @@ class AsyncReconnectingConnection:
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
+        await self._in_turn(self._commit)
+
+    async def _commit(self) -> None:
         raw = await self._connection()
-        written = None
+        written: tuple[str, tuple[Any, ...]] | None = None
         try:
             if self._resolve_commit:
-                written = await self._transaction_id(raw)
-            await raw.commit()
+                written = await _closing_first(
+                    self._transaction_id(raw), self, raw, "commit"
+                )
+            await _closing_first(raw.commit(), self, raw, "commit")
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
-            retry = await self._lost(raw, exc)
-            if written is None:
-                raise retry from exc  # nothing was written: safe to redo
-            await self._resolve(*written, retry, exc)
+            try:
+                retry = await self._lost(raw, exc)
+                if written is None:
+                    raise retry from exc  # nothing was written: safe to redo
+                await self._resolve(*written, retry, exc)
+            except BaseException as error:
+                if written is not None and not isinstance(error, Exception):
+                    _outcome_unknown(written[0], error)  # cancelled while resolving
+                raise
             for cursor in list(self._cursors):
                 cursor._keep(raw)
-        except BaseException:
+        except BaseException as error:  # cancelled while committing
             if written is not None:
-                log.warning(
-                    "Commit of transaction %s cancelled; its outcome is unknown",
-                    written[0],
-                )
-            self._interrupted(raw, "commit")
+                _outcome_unknown(written[0], error)
             raise
 
     async def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
@@ -338,14 +432,15 @@ class AsyncReconnectingConnection:
         # The last question asked before the deadline may still be on its way.
         until = deadline + _CONNECT_GRACE + 10 * self._round_trip
         status, raw = await self._ask(transaction_id, server, deadline, until)
+        await _close_quietly(raw)
         if status == "committed":
-            if self._refusal is not None and self._raw is None and not self._closed:
-                self._install(raw)
-                raw = None
-            await _close_quietly(raw)
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            if self._raw is None and self._refusal is not None:
+                self._refusal = "Already disconnected" + _SESSION_REPLACED
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
-        await _close_quietly(raw)
         if status == "aborted":
             log.info("Transaction %s was rolled back; retrying", transaction_id)
             raise retry from exc
@@ -390,8 +485,17 @@ class AsyncReconnectingConnection:
         """Roll back, and leave the disconnected state.
 
         A lost server connection rolls back by itself, so this never raises
-        for a disconnection: the next operation reconnects.
+        for a disconnection: the next operation reconnects.  Inside a
+        ``transaction()`` block it is refused, as psycopg refuses it: the
+        block ends the transaction.
         """
+        if self._closed:
+            raise self._closed_error()
+        if self._blocks:  # as psycopg: the block ends the transaction
+            raise self._blocks[-1].misuse("rollback")
+        await self._in_turn(self._rollback)
+
+    async def _rollback(self) -> None:
         if self._closed:
             raise self._closed_error()
         if self._refusal is not None:
@@ -401,16 +505,16 @@ class AsyncReconnectingConnection:
         if raw is None:
             return
         try:
-            await raw.rollback()
+            await _closing_first(raw.rollback(), self, raw, "rollback")
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
             await self._lost(raw, exc)
             self._refusal = None
         except BaseException:
-            # Cancelled: the server rolls back as the connection closes.
-            self._interrupted(raw, "rollback")
-            self._refusal = None
+            if self._raw is None:
+                # Cancelled: the server rolls back as the connection closes.
+                self._refusal = None
             raise
 
     async def close(self) -> None:
@@ -491,6 +595,10 @@ class AsyncReconnectingConnection:
                 return self._settings[name]  # remembered: no server needed
             raw = self._last_raw
             if raw is None:
+                # For `except db.Error:`, connected or not.
+                error_class = getattr(self._driver(), name, None)
+                if isinstance(error_class, type) and issubclass(error_class, Exception):
+                    return error_class
                 if self._closed:
                     raise self._closed_error()
                 raise DisconnectedConnectionError(
@@ -508,7 +616,7 @@ class AsyncReconnectingConnection:
             return _refusal(raw, name)
         if name == "notifies":  # an async generator talking to the server
             return lambda *args, **kwargs: self._iterate(
-                lambda raw: raw.notifies(*args, **kwargs), "notifies()"
+                lambda raw: raw.notifies(*args, **kwargs), "notifies()", hold=False
             )
         if not inspect.iscoroutinefunction(value):
             return value  # fileno(), xid(), add_notice_handler(): no round trip
@@ -539,23 +647,29 @@ class AsyncReconnectingConnection:
 
 def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
     """Make a cursor method that awaits the driver cursor's method ``name``."""
+    statement = name not in _NOT_STATEMENTS_ASYNC
 
     async def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
         connection = self._connection
         raw = connection._raw  # None while disconnected or closed
-        if raw is None or raw is not self._raw_connection:
+        turn = connection._turn
+        if raw is None or raw is not self._raw_connection or turn.busy:
             result = await self._run(name, args, kwargs)
         else:
+            turn.busy = True
             try:
-                result = await getattr(self._raw_cursor, name)(*args, **kwargs)
+                result = await _closing_first(
+                    getattr(self._raw_cursor, name)(*args, **kwargs), connection, raw
+                )
             except Exception as exc:
                 if connection._closed or not _is_outage(exc, raw):
                     raise
+                if statement:
+                    raise await connection._statement_lost(raw, exc) from exc
                 raise await connection._lost(raw, exc) from exc
-            except BaseException:  # cancelled
-                connection._interrupted(raw)
-                raise
+            finally:
+                turn.give()
         return self if returns_self else result
 
     method.__name__ = method.__qualname__ = name
@@ -615,8 +729,8 @@ class AsyncReconnectingCursor:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
+        """True once this cursor or its connection was closed."""
+        return self._closed or self._connection._closed
 
     def __repr__(self) -> str:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -648,7 +762,8 @@ class AsyncReconnectingCursor:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         return await self._connection._call(
-            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
+            statement=name not in _NOT_STATEMENTS_ASYNC,
         )
 
     async def execute(
@@ -658,21 +773,23 @@ class AsyncReconnectingCursor:
         # The hot path, spelled out: one check, then straight to the driver.
         connection = self._connection
         raw = connection._raw  # None while disconnected or closed
-        if raw is None or raw is not self._raw_connection:
+        turn = connection._turn
+        if raw is None or raw is not self._raw_connection or turn.busy:
             await self._run("execute", (query, params), kwargs)
             return self
+        turn.busy = True  # free, so taken at once (see _Turn.take)
         try:
             if kwargs:
-                await self._raw_cursor.execute(query, params, **kwargs)
+                call = self._raw_cursor.execute(query, params, **kwargs)
             else:  # the common call, without building its keywords again
-                await self._raw_cursor.execute(query, params)
+                call = self._raw_cursor.execute(query, params)
+            await _closing_first(call, connection, raw)
         except Exception as exc:
             if connection._closed or not _is_outage(exc, raw):
                 raise
-            raise await connection._lost(raw, exc) from exc
-        except BaseException:  # cancelled
-            connection._interrupted(raw)
-            raise
+            raise await connection._statement_lost(raw, exc) from exc
+        finally:
+            turn.give()
         return self
 
     executemany = _server_method(
@@ -699,7 +816,9 @@ class AsyncReconnectingCursor:
     def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Yield the rows of a query as the server sends them."""
         return self._connection._iterate(
-            lambda raw: self._cursor_on(raw).stream(*args, **kwargs), "stream()"
+            lambda raw: self._cursor_on(raw).stream(*args, **kwargs),
+            "stream()",
+            hold=True,
         )
 
     async def close(self) -> None:
@@ -721,7 +840,12 @@ class AsyncReconnectingCursor:
         raw_cursor = self._raw_cursor
         if raw_cursor is None:  # nothing run yet: a driver cursor to ask
             connection = self._connection
-            raw = connection._raw or connection._last_raw
+            raw = connection._raw
+            if raw is None and name in self._settings:
+                return self._settings[name]  # arraysize, row_factory, ...
+            if raw is None and name in _UNUSED_CURSOR:
+                return _UNUSED_CURSOR[name]  # never connects to say so
+            raw = raw or connection._last_raw
             if raw is None:
                 connection.__getattr__(name)  # raises: not connected yet
             raw_cursor = self._cursor_on(raw)
@@ -773,8 +897,10 @@ class _AsyncTransactionBlock(_TransactionBlock):
     ) -> bool:
         connection = self.connection
         connection._blocks.remove(self)
-        if isinstance(exc, Retry) or connection._refusal is not None:
+        if isinstance(exc, Retry) or (exc is not None and connection._refusal):
             return False  # the caller rolls back, as always
+        # Left quietly after an outage, the commit below says Retry: never
+        # a commit of what came after it, never a silent end.
         if exc is None and not self.force_rollback:
             if self._outer:
                 await connection.commit()
@@ -927,16 +1053,168 @@ async def _abandon(task: asyncio.Future[Any], raw: Any) -> None:
         task.exception()  # retrieved: what it raised no longer matters
 
 
+class _Turn:
+    """Whose call talks to the server now; the others wait, in order.
+
+    psycopg's connection has a lock of its own, but a task cancelled while
+    it waits for that lock cannot be told from one cancelled while its
+    query runs.  Waiting here first, a task cancelled before its call
+    started leaves without touching the server connection.  The turn passes
+    straight from one call to the next waiting one.
+    """
+
+    __slots__ = ("_waiters", "busy")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def take(self) -> None:
+        if not self.busy:
+            self.busy = True
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            else:
+                self.give()  # handed the turn as it was cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # busy stays true: the turn is handed on
+                return
+        self.busy = False
+
+
+@types.coroutine
+def _closing_first(
+    call: Awaitable[Any],
+    connection: AsyncReconnectingConnection,
+    raw: Any,
+    what: str = "call",
+) -> Generator[Any, Any, Any]:
+    """Await the driver's ``call`` on ``raw``; if the task is cancelled
+    meanwhile, drop ``raw`` before the driver learns of it.
+
+    psycopg answers a cancelled query by asking the server to cancel it and
+    waiting for the query to end, up to ten seconds on a link that lost its
+    packets, far beyond the caller's ``asyncio.timeout()``.  Closed first,
+    the connection has no query left to wait for, and the cancellation goes
+    on at once; the server is asked to cancel the query in the background.
+    """
+    # A coroutine steps itself; its __await__() would add a wrapper.
+    steps: Any = call if type(call) is types.CoroutineType else call.__await__()
+    try:
+        future = steps.send(None)
+    except StopIteration as done:
+        return done.value
+    while True:
+        try:
+            value = yield future
+        except GeneratorExit:  # abandoned mid-call: its query is in no known state
+            connection._interrupted(raw, what)
+            steps.close()
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled, or interrupted
+                connection._interrupted(raw, what)
+            step, value = steps.throw, exc
+        else:
+            step = steps.send
+        try:
+            future = step(value)
+        except StopIteration as done:
+            return done.value
+
+
+def _outcome_unknown(transaction_id: str, error: BaseException) -> None:
+    """Say which transaction a cancelled commit leaves in doubt."""
+    log.warning(
+        "Commit of transaction %s cancelled; its outcome is unknown", transaction_id
+    )
+    error.add_note(f"the outcome of transaction {transaction_id} is unknown")
+
+
+# libpq's PQTRANS_ACTIVE (a query is running on the connection), and the
+# PGRES_POLLING_* values that ask to wait for the socket.
+_QUERY_RUNNING = 1
+_POLLING_READING, _POLLING_WRITING = 1, 2
+# How long a cancel request sent in the background may take.
+_CANCEL_SECONDS = 5.0
+_background: set[asyncio.Task[None]] = set()  # cancel requests under way
+
+
 def _close_now(raw: Any) -> None:
-    """Close a server connection without awaiting (psycopg's socket closes now)."""
+    """Close a server connection without awaiting (psycopg's socket closes now);
+    a query it was running is cancelled in the background."""
     pgconn = getattr(raw, "pgconn", None)
     try:
+        if pgconn is None:
+            asyncio.ensure_future(_close_quietly(raw))
+        elif pgconn.transaction_status == _QUERY_RUNNING:
+            _cancel_in_background(pgconn)
+    except Exception:
+        pass  # the query runs on until the server notices the closed socket
+    finally:
         if pgconn is not None:
             pgconn.finish()
-        else:
-            asyncio.ensure_future(_close_quietly(raw))
+
+
+def _cancel_in_background(pgconn: Any) -> None:
+    """Ask the server to cancel the query running on ``pgconn``, which is
+    about to close, so that the query does not run on; nobody waits."""
+    try:
+        cancel_conn = pgconn.cancel_conn()  # libpq 17 and later: no thread
     except Exception:
-        pass
+        cancel = pgconn.get_cancel()
+        threading.Thread(target=cancel.cancel, daemon=True).start()
+        return
+    task = asyncio.ensure_future(_send_cancel(cancel_conn))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _send_cancel(cancel_conn: Any) -> None:
+    """Drive libpq's non-blocking cancel request, for a few seconds at most."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _CANCEL_SECONDS
+    try:
+        # First let the cancelled task stop watching the closed socket,
+        # whose number the new socket may be given.
+        await asyncio.sleep(0)
+        cancel_conn.start()
+        while True:
+            polling = cancel_conn.poll()
+            if polling == _POLLING_READING:
+                watch, unwatch = loop.add_reader, loop.remove_reader
+            elif polling == _POLLING_WRITING:
+                watch, unwatch = loop.add_writer, loop.remove_writer
+            else:
+                return  # sent, or failed: either way, nothing more to do
+            ready = loop.create_future()
+            fileno = cancel_conn.socket
+            watch(fileno, _set_ready, ready)
+            try:
+                await _before(until, ready)
+            finally:
+                unwatch(fileno)
+    except Exception:
+        pass  # the server connection is closed anyway
+    finally:
+        cancel_conn.finish()
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 async def _close_quietly(thing: Any) -> None:

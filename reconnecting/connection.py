@@ -25,6 +25,7 @@ import re
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
@@ -38,6 +39,7 @@ __all__ = [
     "ReconnectingConnection",
     "ReconnectingCursor",
     "Retry",
+    "StatementOutcomeUnknown",
     "attempts",
     "is_disconnection",
 ]
@@ -85,13 +87,32 @@ class CommitOutcomeUnknown(Exception):  # noqa: N818 (it is not an error of ours
     needs ``rollback()`` before further use.
     """
 
-    def __init__(self, transaction_id: str, reason: str) -> None:
+    def __init__(self, transaction_id: str | None, reason: str) -> None:
         super().__init__(transaction_id, reason)
         self.transaction_id = transaction_id
         self.reason = reason
 
     def __str__(self) -> str:
+        if self.transaction_id is None:
+            return self.reason
         return f"transaction {self.transaction_id}: {self.reason}"
+
+
+class StatementOutcomeUnknown(CommitOutcomeUnknown):
+    """A statement in autocommit mode lost its connection before its reply.
+
+    In autocommit mode each statement commits itself as it ends, so the
+    statement may have run and committed: it is not safe to redo blindly,
+    and, unlike :class:`Retry`, retry loops let it through.  There is no
+    ``transaction_id`` (``None``): the server gives none before a
+    statement writes.  A read-only session (the server's
+    ``default_transaction_read_only``) or a standby cannot have written,
+    so its statements raise :class:`Retry` instead.  Like after any outage,
+    the connection needs ``rollback()`` before further use.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None, reason)
 
 
 # SQLSTATEs that mean the session is gone: admin shutdown, crash shutdown,
@@ -287,6 +308,26 @@ def _note_standby_session(raw_connection: Any) -> None:
             pass  # a driver connection that cannot be weakly referenced
 
 
+def _cannot_write(raw: Any) -> bool:
+    """True if the server said the session is read-only, or a standby."""
+    if _in_hot_standby(raw) or raw in _STANDBY_SESSIONS:
+        return True
+    try:
+        return bool(raw.info.parameter_status("default_transaction_read_only") == "on")
+    except Exception:
+        return False  # not known: it may have written
+
+
+def _statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
+    """What a statement in autocommit mode that lost its connection raises."""
+    first_line = (_describe(exc).splitlines() or [""])[0]
+    log.error("A statement in autocommit mode may have run: %s", first_line)
+    return StatementOutcomeUnknown(
+        "the connection was lost while a statement ran in autocommit mode,"
+        f" so it may have committed ({first_line})"
+    )
+
+
 def _in_hot_standby(raw_connection: Any) -> bool:
     """True if the server said it is a hot standby (PostgreSQL 14+ reports
     ``in_hot_standby`` to the client, so this asks the driver, not the
@@ -302,9 +343,16 @@ def _in_hot_standby(raw_connection: Any) -> bool:
         return False  # a closed connection may refuse to tell
 
 
-def _already_disconnected() -> Retry:
-    error = DisconnectedConnectionError("Already disconnected")
+def _already_disconnected(why: str = "") -> Retry:
+    error = DisconnectedConnectionError("Already disconnected" + why)
     return Retry((DisconnectedConnectionError, error, None))
+
+
+# Why the connection is disconnected after a commit that was resolved.
+_SESSION_REPLACED = (
+    ": the commit was confirmed over a new server session; the one that"
+    " ran the transaction is gone, with its session state"
+)
 
 
 def _is_outage(exc: BaseException, raw: Any) -> bool:
@@ -321,6 +369,58 @@ def _is_outage(exc: BaseException, raw: Any) -> bool:
 
 def _is_psycopg3(raw: Any) -> bool:
     return hasattr(raw, "pgconn")
+
+
+# The DB-API exception classes, which a connection offers as attributes.
+_EXCEPTIONS = frozenset(
+    {
+        "Warning",
+        "Error",
+        "InterfaceError",
+        "DatabaseError",
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+    }
+)
+
+
+def _is_driver(thing: Any) -> bool:
+    return isinstance(thing, types.ModuleType) and all(
+        hasattr(thing, name) for name in ("apilevel", "connect", "Error")
+    )
+
+
+def _driver_of(thing: Any) -> Any | None:
+    """The DB-API module that ``thing`` comes from or connects with, found
+    by looking, never by calling: the package of a driver's function, class
+    or exception, followed through the names, closures and partials of the
+    functions that lead there (a connection factory)."""
+    todo, seen = [thing], set[int]()
+    while todo and len(seen) < 100:
+        thing = todo.pop(0)
+        if thing is None or id(thing) in seen:
+            continue
+        seen.add(id(thing))
+        if _is_driver(thing):
+            return thing
+        package = str(getattr(thing, "__module__", None)).partition(".")[0]
+        if _is_driver(sys.modules.get(package)):
+            return sys.modules[package]
+        todo += [getattr(thing, name, None) for name in ("func", "__func__")]
+        code = getattr(thing, "__code__", None)
+        if code is not None:
+            scope = getattr(thing, "__globals__", {})
+            todo += [scope.get(name) for name in code.co_names]
+            for cell in getattr(thing, "__closure__", None) or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:
+                    pass  # a name the function has not bound yet
+    return None
 
 
 # Calls that would hand out a driver object talking to the server outside
@@ -383,6 +483,7 @@ def _refusal(raw: Any, name: str) -> Callable[..., Any]:
 
 def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
+    lost = "_lost" if name in _NOT_STATEMENTS else "_statement_lost"
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
@@ -397,7 +498,7 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
             connection = self._connection
             if connection._closed or not _is_outage(exc, raw):
                 raise
-            raise connection._lost(raw, exc) from exc
+            raise getattr(connection, lost)(raw, exc) from exc
         # psycopg 3's execute() returns its cursor: return ours instead.
         return self if result is raw_cursor else result
 
@@ -426,12 +527,24 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
     return method
 
 
+# What a setting that was never set had (see _forget_unchecked).
+_NOT_SET: Any = object()
+
 # A cursor's server connection before it has one, and after close(): never
 # the connection's, so the hot path's one identity check sends it the slow way.
 _NO_CONNECTION: Any = object()
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
+# Cursor methods that run no statement of the caller's: see _statement_lost.
+_NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
+# What a driver cursor that ran nothing yet says.
+_UNUSED_CURSOR = {
+    "description": None,
+    "rowcount": -1,
+    "query": None,
+    "statusmessage": None,
+}
 
 
 class ReconnectingCursor:
@@ -440,7 +553,10 @@ class ReconnectingCursor:
     It remembers the arguments it was made with and makes the driver cursor
     again on each new server connection, so the same cursor object keeps
     working after ``rollback()``.  Methods that talk to the server raise
-    :class:`Retry` when the server connection is lost.
+    :class:`Retry` when the server connection is lost; those of the
+    driver's cursor not listed here (``callproc``, ``scroll``, ...) are
+    there when the driver's cursor has them, and behave alike.  Reading an
+    attribute never connects: it answers as the driver's cursor does.
     """
 
     def __init__(
@@ -449,14 +565,26 @@ class ReconnectingCursor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self._connection = connection
-        self._args = args
-        self._kwargs = kwargs
-        self._raw_connection: Any = _NO_CONNECTION
-        self._raw_cursor: Any | None = None
-        self._settings: dict[str, Any] = {}
-        self._kept: _KeptResult | None = None
-        self._closed = False
+        # Straight into __dict__: __setattr__ is for the driver's settings,
+        # and a cursor is made for every statement by some callers (ORMs).
+        self.__dict__.update(
+            _connection=connection,
+            _args=args,
+            _kwargs=kwargs,
+            _raw_connection=_NO_CONNECTION,
+            _raw_cursor=None,
+            _settings={},
+            _kept=None,
+            _closed=False,
+        )
+        self._connection: ReconnectingConnection
+        self._args: tuple[Any, ...]
+        self._kwargs: dict[str, Any]
+        self._raw_connection: Any
+        self._raw_cursor: Any | None
+        self._settings: dict[str, Any]
+        self._kept: _KeptResult | None
+        self._closed: bool
 
     @property
     def connection(self) -> ReconnectingConnection:
@@ -485,13 +613,13 @@ class ReconnectingCursor:
                 return getattr(kept, name)(*args, **kwargs)
             self._kept = None  # a new statement: the kept result is over
         result = self._connection._call(
-            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs)
+            lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
+            statement=name not in _NOT_STATEMENTS,
         )
         return self if result is self._raw_cursor and result is not None else result
 
     execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
     executemany = _server_method("executemany", "Run a query for each parameter set.")
-    callproc = _server_method("callproc", "Call a stored procedure.")
     fetchone = _fetch_method("fetchone", "Return the next row, or ``None``.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
     fetchall = _fetch_method("fetchall", "Return the remaining rows.")
@@ -500,12 +628,17 @@ class ReconnectingCursor:
     def __iter__(self) -> Iterator[Any]:
         return self
 
+    @property
+    def closed(self) -> bool:
+        """True once this cursor or its connection was closed."""
+        return self._closed or self._connection._closed
+
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
-        self._closed = True
-        self._kept = None
-        raw_cursor, self._raw_cursor = self._raw_cursor, None
-        self._raw_connection = _NO_CONNECTION
+        raw_cursor = self._raw_cursor
+        self.__dict__.update(
+            _closed=True, _kept=None, _raw_cursor=None, _raw_connection=_NO_CONNECTION
+        )
         if raw_cursor is not None:
             _close_quietly(raw_cursor)
 
@@ -521,8 +654,15 @@ class ReconnectingCursor:
         if self._kept is not None and name in _KeptResult.ATTRIBUTES:
             return getattr(self._kept, name)
         connection = self._connection
-        value = connection._call(lambda raw: getattr(self._cursor_on(raw), name))
-        if getattr(value, "__self__", None) is not self._raw_cursor:
+        raw_cursor = self._raw_cursor
+        if raw_cursor is None:
+            if connection._raw is None and name in _UNUSED_CURSOR:
+                return _UNUSED_CURSOR[name]  # never connects to say so
+            raw_cursor = connection._call(self._cursor_on)
+        # The driver cursor answers from memory, even once its server
+        # connection is gone, as in an ``except Retry:`` handler.
+        value = getattr(raw_cursor, name)
+        if getattr(value, "__self__", None) is not raw_cursor:
             return value  # data, classes, row factories: as they are
         if name in _REFUSED:
             return _refusal(self._raw_connection, name)
@@ -530,7 +670,8 @@ class ReconnectingCursor:
 
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
                 return connection._iterate(
-                    lambda raw: self._cursor_on(raw).stream(*args, **kwargs)
+                    lambda raw: self._cursor_on(raw).stream(*args, **kwargs),
+                    statement=True,
                 )
 
             return stream
@@ -649,14 +790,22 @@ class ReconnectingConnection:
         self._resolve_timeout = resolve_timeout
         self._raw: Any | None = None  # None unless connected
         self._last_raw: Any | None = None
+        self._driver_module: Any | None = None  # see _driver()
         self._disconnected = False
+        self._replaced = False  # disconnected after a resolved commit
         self._closed = False
         self._settings: dict[str, Any] = {}
+        # Settings made with no driver connection to check them, and the
+        # values they replaced (see _remember_unchecked).
+        self._unchecked: dict[str, Any] = {}
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
+        # The disconnects count when a with block that is one transaction
+        # began: an outage inside it means part of its work is lost.
+        self._block_began: int | None = None
         self._lock = threading.RLock()
         self._disconnects = 0
         self._reconnects = 0
@@ -689,10 +838,19 @@ class ReconnectingConnection:
         name = f"{type(self).__module__}.{type(self).__qualname__}"
         return f"<{name} {self._state()} at {id(self):#x}>"
 
+    def _driver(self) -> Any | None:
+        """The holder of the driver's exception classes, found without
+        connecting: the last server connection, or the driver's module."""
+        if self._last_raw is not None:
+            return self._last_raw
+        if self._driver_module is None:
+            self._driver_module = _driver_of(self._factory)
+        return self._driver_module
+
     def _closed_error(self, what: str = "connection") -> Exception:
         # Behave like a closed driver connection: PEP 249's optional
         # Connection.InterfaceError names the driver's class.
-        error_class = getattr(self._last_raw, "InterfaceError", None)
+        error_class = getattr(self._driver(), "InterfaceError", None)
         if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
             error_class = DisconnectedConnectionError
         return error_class(f"{what} already closed")
@@ -706,7 +864,7 @@ class ReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                raise _already_disconnected()
+                raise _already_disconnected(_SESSION_REPLACED * self._replaced)
             if self._raw is not None:
                 return self._raw
         # Connect outside the lock, so that close() never waits for it.
@@ -728,7 +886,11 @@ class ReconnectingConnection:
         if self._last_raw is not None:
             self._reconnects += 1
             log.info("Reconnected to the database")
-        self._raw, self._last_raw, self._disconnected = raw, raw, False
+        if self._entered is not None:
+            raw.__enter__()  # the rest of a psycopg2 with block: one transaction
+            self._entered = raw
+        self._raw, self._last_raw = raw, raw
+        self._disconnected = self._replaced = False
 
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
@@ -736,16 +898,42 @@ class ReconnectingConnection:
         _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
-                setattr(raw, name, value)
+                try:
+                    setattr(raw, name, value)
+                except Exception as exc:
+                    if name in self._unchecked and not _is_outage(exc, raw):
+                        self._forget_unchecked(name)
+                    raise
         except BaseException:
             _close_quietly(raw)
             raise
+        self._unchecked.clear()  # all accepted
         return raw
+
+    def _remember_unchecked(self, values: dict[str, Any]) -> None:
+        """Remember settings made while no driver connection can check them
+        (a closed one refuses good and bad values alike).  The next server
+        connection checks them; see _forget_unchecked()."""
+        for name, value in values.items():
+            self._unchecked.setdefault(name, self._settings.get(name, _NOT_SET))
+            self._settings[name] = value
+
+    def _forget_unchecked(self, name: str) -> None:
+        """A driver refused a value set while disconnected: as a live driver
+        connection would have, keep the value before it, so that the value
+        fails one call and never every call."""
+        previous = self._unchecked.pop(name)
+        if previous is _NOT_SET:
+            del self._settings[name]
+        else:
+            self._settings[name] = previous
 
     def _connect(self) -> Any:
         try:
             return self._open()
         except Exception as exc:
+            if self._driver_module is None:
+                self._driver_module = _driver_of(type(exc))
             if not is_disconnection(exc, None):
                 raise
             with self._lock:
@@ -767,24 +955,44 @@ class ReconnectingConnection:
                 _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
-    def _call(self, function: Callable[[Any], Any]) -> Any:
-        """Run ``function(raw_connection)``, turning disconnections into Retry."""
+    def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
+        """``_lost()``, for a statement of the caller's that was running: in
+        autocommit mode it may have committed, unless it could not write."""
+        unknown = (
+            is_disconnection(exc, raw)
+            and raw.autocommit
+            and self._entered is None
+            and not self._blocks
+            and not _cannot_write(raw)
+        )
+        retry = self._lost(raw, exc)
+        return _statement_in_doubt(exc) if unknown else retry
+
+    def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
+        """Run ``function(raw_connection)``, turning disconnections into Retry
+        (or, for a ``statement``, what ``_statement_lost`` says)."""
         raw = self._connection()
         try:
             return function(raw)
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
+            if statement:
+                raise self._statement_lost(raw, exc) from exc
             raise self._lost(raw, exc) from exc
 
-    def _iterate(self, start: Callable[[Any], Iterator[Any]]) -> Iterator[Any]:
-        """Yield from the driver iterator ``start(raw_connection)``, with Retry."""
+    def _iterate(
+        self, start: Callable[[Any], Iterator[Any]], statement: bool = False
+    ) -> Iterator[Any]:
+        """Yield from the driver iterator ``start(raw_connection)``, as _call."""
         raw = self._connection()
         try:
             yield from start(raw)
         except Exception as exc:
             if self._closed or not _is_outage(exc, raw):
                 raise
+            if statement:
+                raise self._statement_lost(raw, exc) from exc
             raise self._lost(raw, exc) from exc
 
     # -- DB-API --------------------------------------------------------------
@@ -795,6 +1003,16 @@ class ReconnectingConnection:
             raise self._closed_error()
         cursor = ReconnectingCursor(self, args, kwargs)
         self._cursors.add(cursor)
+        raw = self._raw
+        if raw is not None:
+            # Connected: the driver cursor now (no round trip), so that the
+            # first execute() takes the hot path.  A failure here is told by
+            # that execute(), which makes it again.
+            try:
+                cursor.__dict__.update(_raw_cursor=raw.cursor(*args, **kwargs))
+            except Exception:
+                return cursor
+            cursor.__dict__["_raw_connection"] = raw
         return cursor
 
     def rollback(self) -> None:
@@ -803,11 +1021,13 @@ class ReconnectingConnection:
         A lost server connection rolls back by itself, so this never raises
         for a disconnection: the next operation reconnects.
         """
+        if self._blocks:  # as psycopg: the block's end rolls back
+            raise self._blocks[-1].misuse("rollback")
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                self._disconnected = False
+                self._disconnected = self._replaced = False
                 return
             raw = self._raw
         if raw is None:
@@ -840,6 +1060,8 @@ class ReconnectingConnection:
             # mode; its own __enter__ tells it so.
             raw.__enter__()
             self._entered = raw
+        if self._entered is not None or not raw.autocommit:
+            self._block_began = self._disconnects
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -849,12 +1071,22 @@ class ReconnectingConnection:
         the connection, psycopg2 keeps it open.
         """
         closing = _is_psycopg3(self._last_raw)
+        began, self._block_began = self._block_began, None
         try:
             if self._closed:
                 return
-            if exc_type is None:
+            if exc_type is None and began in (None, self._disconnects):
                 self.commit()
                 return
+            if exc_type is None:
+                # An outage inside the block lost its first part, whatever
+                # ran after a rollback in it: commit none of it.
+                self.rollback()
+                error = DisconnectedConnectionError(
+                    "the connection was lost inside the with block,"
+                    " which committed nothing"
+                )
+                raise Retry((DisconnectedConnectionError, error, None))
             try:
                 self.rollback()
             except Exception as error:  # keep the block's own exception
@@ -877,6 +1109,11 @@ class ReconnectingConnection:
         if raw is None:
             if name in self._settings:
                 return self._settings[name]  # remembered: no server needed
+            if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
+                error_class = getattr(self._driver(), name, None)
+                if error_class is None:
+                    raise AttributeError(f"{name}: the driver is not known yet")
+                return error_class
             raw = self._last_raw
             if raw is None:
                 raw = self._connection()  # first use
@@ -887,7 +1124,11 @@ class ReconnectingConnection:
                 raise
             except Exception as exc:
                 raise _already_disconnected() from exc
-        return self._expose(raw, name, self._call(lambda raw: getattr(raw, name)))
+        try:  # the hot path: the connected driver's data, read as it is
+            value = getattr(raw, name)
+        except Exception:
+            value = self._call(lambda raw: getattr(raw, name))  # or Retry
+        return self._expose(raw, name, value)
 
     def _expose(self, raw: Any, name: str, value: Any) -> Any:
         """Return ``value``, read from ``raw``; its methods run on the current
@@ -933,7 +1174,7 @@ class ReconnectingConnection:
             raise
         except Exception:
             pass
-        self._settings[name] = value
+        self._remember_unchecked({name: value})
 
     def _set_by_call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -944,8 +1185,9 @@ class ReconnectingConnection:
                 raise self._closed_error()
             raw = self._raw
         if raw is None:
-            values = _session_values(self._last_raw, name, args, kwargs)
-            self._settings.update(values)
+            self._remember_unchecked(
+                _session_values(self._last_raw, name, args, kwargs)
+            )
             return
         self._call(lambda raw: getattr(raw, name)(*args, **kwargs))
         for setting in _session_values(raw, name, args, kwargs):
@@ -958,9 +1200,12 @@ class ReconnectingConnection:
 
         With ``resolve_commit``, a commit interrupted after the transaction
         wrote something is resolved instead: if the server committed it,
-        ``commit()`` returns normally over the new connection, and results
-        already received stay readable; if it rolled it back, ``Retry`` is
-        raised; if nobody can tell in time, :class:`CommitOutcomeUnknown`.
+        ``commit()`` returns normally and results already received stay
+        readable, but the connection stays disconnected (the server session
+        is gone, with its locks, temporary tables and ``LISTEN``), so the
+        next call raises ``Retry`` until ``rollback()``; if the server
+        rolled it back, ``Retry`` is raised; if nobody can tell in time,
+        :class:`CommitOutcomeUnknown`.
         The answer comes within ``resolve_timeout`` seconds plus the time
         one connection and question take (estimated from the round trip
         measured just before ``COMMIT``), and the server is asked at least
@@ -1020,17 +1265,16 @@ class ReconnectingConnection:
         # The last question asked before the deadline may still be on its way.
         grace = _CONNECT_GRACE + 10 * self._round_trip
         status, raw = asking.answer(deadline + grace)
-        if status == "committed":
-            with self._lock:
-                if self._disconnected and self._raw is None and not self._closed:
-                    self._install(raw)
-                    raw = None
-            if raw is not None:
-                _close_quietly(raw)
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
         if raw is not None:
             _close_quietly(raw)
+        if status == "committed":
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            with self._lock:
+                self._replaced = True
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
         if status == "aborted":
             log.info("Transaction %s was rolled back; retrying", transaction_id)
             raise retry from exc
@@ -1071,8 +1315,9 @@ class _KeptResult:
         if self.description is not None:
             self._rows = raw_cursor.fetchall()
             # Leave the driver cursor where the caller left it, in case the
-            # commit goes through after all.
-            if self.rownumber is not None:
+            # commit goes through after all.  A result read to its end
+            # stays there: no driver scrolls to the position past the last row.
+            if self._rows and self.rownumber is not None:
                 raw_cursor.scroll(self.rownumber, mode="absolute")
 
     def _take(self, count: int) -> list[Any]:

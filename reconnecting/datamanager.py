@@ -26,7 +26,12 @@ from typing import Any, Protocol
 from transaction.interfaces import IRetryDataManager
 from zope.interface import implementer
 
-from reconnecting.connection import CommitOutcomeUnknown, ReconnectingConnection, Retry
+from reconnecting.connection import (
+    CommitOutcomeUnknown,
+    ReconnectingConnection,
+    Retry,
+    StatementOutcomeUnknown,
+)
 
 __all__ = [
     "GID_PREFIX",
@@ -348,6 +353,11 @@ def _autocommit(connection: Any) -> Iterator[Any]:
             yield cursor
         finally:
             cursor.close()
+    except StatementOutcomeUnknown as exc:
+        # What runs here is safe to do again: it first asks whether the
+        # prepared transaction is still there.
+        cause = exc.__cause__ or exc
+        raise Retry((type(cause), cause, cause.__traceback__)) from cause
     finally:
         connection.autocommit = False
 

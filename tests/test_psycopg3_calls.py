@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from reconnecting import ReconnectingConnection, Retry
+from reconnecting import ReconnectingConnection, Retry, attempts
 from reconnecting.testing import PortForwardTestSetup, wait_until
 
 psycopg = pytest.importorskip("psycopg")
@@ -116,3 +116,16 @@ def test_waiting_for_notifications_raises_retry(proxied):
     thread.join()
     assert isinstance(outcome[1], Retry)
     other.close()
+
+
+def test_a_retry_loop_inside_a_block_commits_nothing(proxied):
+    db, proxy = proxied
+    db.execute("CREATE TABLE IF NOT EXISTS t (x int)")
+    db.commit()
+    with pytest.raises(psycopg.ProgrammingError), db.transaction():
+        db.execute("INSERT INTO t VALUES (1)")
+        proxy.drop()
+        for attempt in attempts(db):
+            with attempt:
+                db.execute("INSERT INTO t VALUES (2)")
+    assert values(db) == []

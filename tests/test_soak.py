@@ -75,20 +75,24 @@ def admin(pg):
 def ledger(pg):
     conn = admin(pg)
     try:
-        cursor = conn.cursor()
-        cursor.execute("DROP TABLE IF EXISTS account, applied")
-        cursor.execute("CREATE TABLE account (id int PRIMARY KEY, balance bigint)")
-        cursor.execute(
-            "CREATE TABLE applied (n serial, transfer_id text NOT NULL,"
-            " src int NOT NULL, dst int NOT NULL, amount int NOT NULL)"
-        )
-        cursor.execute(
-            "INSERT INTO account SELECT i, %s FROM generate_series(1, %s) i",
-            (OPENING_BALANCE, ACCOUNTS),
-        )
+        create_ledger(conn.cursor())
     finally:
         conn.close()
     return pg
+
+
+def create_ledger(cursor):
+    """Make the ledger's tables afresh, with the opening balances."""
+    cursor.execute("DROP TABLE IF EXISTS account, applied")
+    cursor.execute("CREATE TABLE account (id int PRIMARY KEY, balance bigint)")
+    cursor.execute(
+        "CREATE TABLE applied (n serial, transfer_id text NOT NULL,"
+        " src int NOT NULL, dst int NOT NULL, amount int NOT NULL)"
+    )
+    cursor.execute(
+        "INSERT INTO account SELECT i, %s FROM generate_series(1, %s) i",
+        (OPENING_BALANCE, ACCOUNTS),
+    )
 
 
 def transfer_once(db, cursor, transfer):
@@ -104,6 +108,30 @@ def transfer_once(db, cursor, transfer):
         transfer,
     )
     db.commit()
+
+
+def transfer_reading_first(db, cursor, transfer):
+    """The unit of work as programs often write it: it reads before it
+    writes, and reads what it wrote (``RETURNING``) before ``commit()``."""
+    transfer_id, src, dst, amount = transfer
+    cursor.execute(
+        "SELECT id, balance FROM account WHERE id IN (%s, %s) ORDER BY id",
+        (src, dst),
+    )
+    assert len(cursor.fetchall()) == 2
+    for account, delta in sorted([(src, -amount), (dst, amount)]):
+        cursor.execute(
+            "UPDATE account SET balance = balance + %s WHERE id = %s",
+            (delta, account),
+        )
+    cursor.execute(
+        "INSERT INTO applied (transfer_id, src, dst, amount)"
+        " VALUES (%s, %s, %s, %s) RETURNING transfer_id",
+        transfer,
+    )
+    assert cursor.fetchone()[0] == transfer_id
+    db.commit()
+    assert cursor.fetchone() is None  # read to its end, as the driver's
 
 
 # -- bookkeeping --------------------------------------------------------------
@@ -169,13 +197,13 @@ def open_fds():
 # -- the caller ---------------------------------------------------------------
 
 
-def apply(db, cursor, transfer, lock, tally, stop):
+def apply(db, cursor, transfer, lock, tally, stop, unit=transfer_once):
     """Apply ``transfer`` until it commits, as a careful caller does."""
     while True:
         try:
             with lock:  # a shared connection: one unit of work at a time
                 try:
-                    transfer_once(db, cursor, transfer)
+                    unit(db, cursor, transfer)
                     return
                 except Retry:
                     tally.add("Retry")
@@ -214,7 +242,7 @@ def look_up(db, cursor, transfer_id, stop):
     raise TimeoutError(f"transfer {transfer_id} still unresolved")
 
 
-def worker(name, db, lock, tally, enough, stop, seed):
+def worker(name, db, lock, tally, enough, stop, seed, unit=transfer_once):
     rng = random.Random(seed)
     cursor = db.cursor()
     number = 0
@@ -223,7 +251,7 @@ def worker(name, db, lock, tally, enough, stop, seed):
             number += 1
             src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
             transfer = (f"{name}-{number}", src, dst, rng.randint(1, 100))
-            apply(db, cursor, transfer, lock, tally, stop)
+            apply(db, cursor, transfer, lock, tally, stop, unit)
             tally.done(transfer[0])
     except Exception:
         tally.error(f"worker {name} gave up")
@@ -241,13 +269,14 @@ class Faults:
     reset_share: float = 0.15
     restarts: dict[int, str] = dataclasses.field(default_factory=dict)  # at action
     commit_traps: bool = False  # keep a cut_on_commit() trap armed
+    commit_cut_share: float | None = None  # or cut this share of COMMIT replies
 
 
 def inject(plan, proxy, pg, tally, stop, seed):
     """Run ``plan`` until it is complete, or until ``stop`` is set."""
     rng = random.Random(seed)
     pause = threading.Event()
-    action, armed = 0, 0
+    action, armed, due = 0, 0, 0
     next_action = time.monotonic() + rng.uniform(*plan.interval)
     try:
         while not stop.is_set() and (plan.actions is None or action < plan.actions):
@@ -257,6 +286,14 @@ def inject(plan, proxy, pg, tally, stop, seed):
                 proxy.cut_on_commit(deliver=deliver)
                 tally.add(f"commit traps set (deliver={deliver})")
                 armed = proxy.commit_cuts + 1
+            share = plan.commit_cut_share
+            if share and proxy.commit_cuts >= armed and len(tally.completed) >= due:
+                # The previous trap fired: the next fires after a geometric
+                # number of commits, so that ``share`` of the replies are cut.
+                proxy.cut_on_commit(deliver=True)
+                tally.add("commit traps set (deliver=True)")
+                armed = proxy.commit_cuts + 1
+                due = len(tally.completed) + int(rng.expovariate(share))
             if time.monotonic() >= next_action:
                 action += 1
                 if action in plan.restarts:
@@ -271,12 +308,13 @@ def inject(plan, proxy, pg, tally, stop, seed):
                     tally.add("drop")
                 next_action = time.monotonic() + rng.uniform(*plan.interval)
             wait = max(0.0, next_action - time.monotonic())
-            pause.wait(min(wait, 0.001) if plan.commit_traps else wait)
+            watching = plan.commit_traps or plan.commit_cut_share
+            pause.wait(min(wait, 0.001) if watching else wait)
     except Exception:
         tally.error("fault thread")
     finally:
         proxy.restore()  # disarm a trap that did not fire
-        if plan.commit_traps:
+        if plan.commit_traps or plan.commit_cut_share:
             tally.add("commit traps fired", proxy.commit_cuts)
 
 
@@ -293,6 +331,7 @@ def soak(
     minimum,
     faults,
     resolve_commit=False,
+    unit=transfer_once,
     log_counts,
     record_property,
 ):
@@ -344,7 +383,7 @@ def soak(
     threads = [
         threading.Thread(
             target=worker,
-            args=(f"{name}{i}", db, lock, tally, enough, stop, f"{name}{i}"),
+            args=(f"{name}{i}", db, lock, tally, enough, stop, f"{name}{i}", unit),
             name=f"worker-{name}{i}",
         )
         for i, db in enumerate(dbs)
@@ -368,18 +407,7 @@ def soak(
         db.close()
     left = wind_down(proxy, pg, tally, threads_before, fds_before)
     ledger_figures = left.pop("ledger")
-    shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
-    figures = {
-        "transfers": len(tally.completed),
-        "escaped errors": len(tally.errors),
-        **{key: shown[key] for key in sorted(shown)},
-        **{k: v for k, v in ledger_figures.items() if k != "duplicate ids"},
-        "confirmed commits (log)": log_counts["Commit of transaction %s confirmed"],
-        "rolled-back commits (log)": log_counts[
-            "Transaction %s was rolled back; retrying"
-        ],
-        "wall seconds": round(wall, 2),
-    }
+    figures = figures_of(tally, ledger_figures, log_counts, wall)
     report(f"soak {name}", figures, ledger_figures, tally, record_property)
 
     assert_intact(ledger_figures, tally, left, threads_before, fds_before)
@@ -408,6 +436,24 @@ def wind_down(proxy, pg, tally, threads_before, fds_before):
         "backends": leftovers,
         "threads": threading.active_count(),
         "fds": open_fds(),
+    }
+
+
+def figures_of(tally, ledger_figures, log_counts, wall, **first):
+    """A soak's figures, to report: *first*, then the tally's, the audit's
+    and the package's log counts."""
+    shown = {"Retry": 0, "CommitOutcomeUnknown": 0, **tally.counts}
+    return {
+        **first,
+        "transfers": len(tally.completed),
+        "escaped errors": len(tally.errors),
+        **{key: shown[key] for key in sorted(shown)},
+        **{k: v for k, v in ledger_figures.items() if k != "duplicate ids"},
+        "confirmed commits (log)": log_counts["Commit of transaction %s confirmed"],
+        "rolled-back commits (log)": log_counts[
+            "Transaction %s was rolled back; retrying"
+        ],
+        "wall seconds": round(wall, 2),
     }
 
 
@@ -550,6 +596,26 @@ def test_two_threads_sharing_a_connection(ledger, driver, log_counter, record_pr
     )
 
 
+def soak_resolving(ledger, name, faults, **options):
+    """Four workers, commits resolved: nothing lost and, since every
+    in-doubt commit is resolved, nothing applied twice either."""
+    tally, figures = soak(
+        ledger,
+        name,
+        workers=4,
+        minimum=2000,
+        faults=faults,
+        resolve_commit=True,
+        **options,
+    )
+    assert figures["duplicates"] == 0, figures["duplicate ids"]
+    # The server resolves every in-doubt commit, except across a restart,
+    # where a transaction id may have been handed out again.
+    for transfer_id, text in tally.unknown:
+        assert "the server restarted" in text, (transfer_id, text)
+    return tally.counts["commit traps fired"]
+
+
 def test_resolved_commits_are_applied_exactly_once(
     ledger, driver, log_counter, record_property
 ):
@@ -563,20 +629,37 @@ def test_resolved_commits_are_applied_exactly_once(
         restarts={20: "fast", 40: "immediate", 60: "fast", 80: "immediate"},
         commit_traps=True,
     )
-    tally, figures = soak(
+    fired = soak_resolving(
         ledger,
         "d",
+        faults,
         driver=driver,
-        workers=4,
-        minimum=2000,
-        faults=faults,
-        resolve_commit=True,
         log_counts=log_counter,
         record_property=record_property,
     )
-    assert figures["duplicates"] == 0, figures["duplicate ids"]
-    # The server resolves every in-doubt commit, except across a restart,
-    # where a transaction id may have been handed out again.
-    for transfer_id, text in tally.unknown:
-        assert "the server restarted" in text, (transfer_id, text)
-    assert tally.counts["commit traps fired"] >= 100
+    assert fired >= 100
+
+
+def test_reading_before_commit_with_resolved_commits(
+    ledger, driver, log_counter, record_property
+):
+    # Each unit of work reads (fetchall), then writes and reads back
+    # (INSERT ... RETURNING, fetchone) before its COMMIT; 3 % of the COMMIT
+    # replies are cut after the server committed, among drops and restarts.
+    faults = Faults(
+        actions=None,
+        interval=(0.03, 0.1),
+        reset_share=0.2,
+        restarts={10: "fast", 20: "immediate", 30: "fast", 40: "immediate"},
+        commit_cut_share=0.03,
+    )
+    fired = soak_resolving(
+        ledger,
+        "e",
+        faults,
+        driver=driver,
+        unit=transfer_reading_first,
+        log_counts=log_counter,
+        record_property=record_property,
+    )
+    assert fired >= 20

@@ -20,7 +20,7 @@ from typing import Any
 from reconnecting.testing.pgsql import PgTestSetup
 from reconnecting.testing.waiting import _name as name_of
 
-__all__ = ["Ledger", "backends_running", "until"]
+__all__ = ["Ledger", "backends_running", "gone", "until"]
 
 
 async def until(
@@ -62,6 +62,11 @@ async def backends_running(query: str) -> int:
         (query,),
     )
     return int(count)
+
+
+async def gone(query: str) -> bool:
+    """True when no server connection runs *query* any more."""
+    return await backends_running(query) == 0
 
 
 class Ledger:
