@@ -103,12 +103,14 @@ class ConnectionModel(ContractMachine):
         self.cursors = [self.db.cursor()]
         self.ref.new_connection()
 
-    @initialize(resolve=st.booleans())
-    def start(self, resolve):
+    @initialize(resolve=st.booleans(), autocommit=st.booleans())
+    def start(self, resolve, autocommit):
         self.faults.restore(went_down=True)
         self.observer.reset()
         self.resolve = resolve
         self.open()
+        if autocommit:  # half the examples start in autocommit mode
+            self.set_autocommit(True)
 
     def teardown(self):
         if self.db is not None:
@@ -126,10 +128,8 @@ class ConnectionModel(ContractMachine):
             value = function()
         except Retry:
             return self.retried(key, doubtful)
-        except CommitOutcomeUnknown:
-            if not doubtful:
-                raise
-            return self.in_doubt()
+        except CommitOutcomeUnknown as error:
+            return self.in_doubt(key, error, doubtful)
         except expect as error:
             if key is not None:
                 self.ref.lost(key)
@@ -283,9 +283,9 @@ class ConnectionModel(ContractMachine):
     @precondition(lambda self: self.block is None)
     @rule(check=st.booleans())
     def rollback(self, check):
+        disconnects = self.db.disconnects
         self.db.rollback()  # never raises for an outage
-        self.ref.rollback()
-        self.ref.faulted = False if self.db._raw is None else self.ref.faulted
+        self.rolled_back(disconnects)
         if check and not self.ref.faulted:  # after rollback() it works again
             cursor = self.db.cursor()
             outcome, value = self.call(lambda: cursor.execute("SELECT 1"))
@@ -457,21 +457,20 @@ class ConnectionModel(ContractMachine):
             other.close()
 
     @precondition(lambda self: self.block is None)
-    @rule(name=st.sampled_from(["isolation_level", "autocommit"]))
-    def bad_setting(self, name):
+    @rule()
+    def bad_setting(self, name="isolation_level"):
         """A value the driver refuses is refused, in every state, or else
-        never poisons the connection."""
+        never poisons the connection.  (Disconnected and never connected,
+        the wrapper has nothing to check it with: Retry.)"""
         try:
             setattr(self.db, name, "bogus")
         except (ValueError, TypeError, driver.Error):
             pass
+        except Retry:
+            if not self.ref.needs_rollback:
+                raise
         self.rollback(check=False)
-        try:
-            self.rollback(check=True)
-        except ValueError as error:
-            raise ContractError(
-                f"a refused {name} poisoned the connection: {error}"
-            ) from None
+        self.not_poisoned(name)
 
     @rule()
     def the_cursor_offers_what_the_driver_does(self):
@@ -509,13 +508,13 @@ class ConnectionModel(ContractMachine):
                 injure(position)
                 self.write(0, False, "fetchall", False)
                 if ref.needs_rollback:
-                    raise Retry()  # the write was told Retry: leave the attempt
+                    raise self.left_unit()  # the write was told: leave the attempt
             cut = fault_left[0] if fault_left[0] in ("reply", "request") else None
             fault_left[0] = None
             if self.commit_once(cut) == "unknown":
                 raise InDoubtError()
             if ref.needs_rollback:
-                raise Retry()
+                raise self.left_unit()
 
         try:
             for attempt in attempts(self.db, tries=5, deadline=30.0):
@@ -548,15 +547,17 @@ class ConnectionModel(ContractMachine):
                 for _ in range(writes):
                     self.write(0, False, "fetchall", False)
                     if ref.needs_rollback:
-                        raise Retry()
+                        raise self.left_unit()
                 if nested_retry:
                     self.nested_attempts()
                 self.write(0, False, "fetchall", False)
                 if ref.needs_rollback:
-                    raise Retry()
+                    raise self.left_unit()
                 if fail:
                     raise ValueError("the block fails")
-        except (Retry, ValueError):
+        except (Retry, InDoubtError, ValueError) as error:
+            if not isinstance(error, ValueError):
+                ref.retry()  # told, by the block's end if not by our calls
             self.block_over(committed=False)
         else:
             self.block_over(committed=True)
@@ -574,7 +575,7 @@ class ConnectionModel(ContractMachine):
                 try:
                     self.write(0, False, "fetchall", False)
                     if self.ref.needs_rollback:
-                        raise Retry()
+                        raise self.left_unit()
                 except BaseException:
                     self.ref.rollback()
                     raise
@@ -598,9 +599,10 @@ class ConnectionModel(ContractMachine):
         """psycopg 3's ``with db.transaction():``, one unit whatever it holds."""
         ref = self.ref
         outer = not ref.in_transaction
-        self.block = []
+        self.block, entered = [], False
         try:
             with self.db.transaction():
+                entered = True
                 for step in plan:
                     if step == "write":
                         self.write(0, False, "fetchall", False)
@@ -614,19 +616,12 @@ class ConnectionModel(ContractMachine):
                     else:
                         self.fault("drop")
                     if ref.needs_rollback:
-                        raise Retry()
+                        raise self.left_unit()
                 if fail:
                     raise ValueError("the block fails")
-        except Retry:
-            self.db.rollback()  # a block left by Retry touches nothing
-            self.block_over(committed=False)
-        except (ValueError, driver.ProgrammingError):
-            if outer:
-                self.block_over(committed=False)
-            else:  # a savepoint: its keys are gone, the transaction goes on
-                keys, self.block = self.block, None
-                ref.absent.update(keys)
-                ref.pending = [k for k in ref.pending if k not in keys]
+        except Exception as error:
+            if self.block_failed(error, outer, entered, (driver.ProgrammingError,)):
+                self.db.rollback()  # a block left by Retry touches nothing
         else:
             if outer:
                 self.block_over(committed=True)
@@ -639,7 +634,7 @@ class ConnectionModel(ContractMachine):
             with self.db.transaction():
                 self.write(0, False, "fetchall", False)
                 if self.ref.needs_rollback:
-                    raise Retry()
+                    raise self.left_unit()
                 raise ValueError("the savepoint is rolled back")
         except ValueError:
             gone = self.block[keys_before:]

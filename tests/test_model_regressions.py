@@ -1,8 +1,11 @@
 """What the stateful model found, each shrunk example as a plain test.
 
 The comment of each test gives the model's shrunk steps (test_model.py,
-test_model_async.py) and the defect of issue 17 it is.  They run under the
-driver of ``RECONNECTING_TEST_DRIVER``; the asyncio ones under psycopg 3.
+test_model_async.py) and the defect of issue 17 it is: found by the model's
+first rules on the code before the fixes, or by a rule added for it then,
+or found on the fixed code.  Those not fixed yet are marked xfail while
+their name is in ``model_machine.KNOWN_GAPS``.  They run under the driver
+of ``RECONNECTING_TEST_DRIVER``; the asyncio ones under psycopg 3.
 """
 
 import asyncio
@@ -10,7 +13,7 @@ import importlib
 
 import psycopg
 import pytest
-from model_machine import proxy_fixture  # noqa: F401
+from model_machine import KNOWN_GAPS, proxy_fixture  # noqa: F401
 from model_reference import DRIVER, TABLE
 
 from reconnecting import (
@@ -234,7 +237,11 @@ def test_a_refused_setting_made_while_disconnected(connect, proxy):
     except (ValueError, TypeError, driver.Error):
         pass
     db.rollback()
-    cursor.execute("SELECT 1")
+    try:  # at most one call may fail for it
+        cursor.execute("SELECT 1")
+    except ValueError:
+        db.rollback()
+        cursor.execute("SELECT 1")
     assert cursor.fetchone()[0] == 1
 
 
@@ -242,9 +249,12 @@ def test_the_cursor_offers_only_what_the_driver_does(connect):
     # Defect 14 (the callproc part), found by the added rule
     # the_cursor_offers_what_the_driver_does().
     raw = driver.extensions.cursor if DRIVER == "psycopg2" else driver.Cursor
-    assert ("callproc" in dir(type(connect().cursor()))) == hasattr(raw, "callproc")
+    assert hasattr(connect().cursor(), "callproc") == hasattr(raw, "callproc")
 
 
+@pytest.mark.xfail(
+    "rollback-loses-session" in KNOWN_GAPS, reason="not fixed yet", strict=True
+)
 def test_a_rollback_that_finds_the_session_gone_tells(connect, proxy):
     # Beyond the fourteen.  make_session_state("lock"); fault("drop");
     # rollback(); any call: "server session changed silently ({'lock'}
@@ -260,6 +270,21 @@ def test_a_rollback_that_finds_the_session_gone_tells(connect, proxy):
         assert cursor.fetchone()[0] == 1, "the lock was lost silently"
     except Retry:
         pass  # told
+
+
+@only_psycopg3
+@pytest.mark.xfail("begin-in-doubt" in KNOWN_GAPS, reason="not fixed yet", strict=True)
+def test_a_block_begun_on_a_lost_connection_says_retry(connect, proxy):
+    # Beyond the fourteen, found on the fixed code.  set_autocommit(True);
+    # first_use_while_unreachable(); transaction_block(plan=[]):
+    # StatementOutcomeUnknown for the block's own BEGIN, which writes
+    # nothing, so attempts() gives up instead of retrying.
+    db = connect()
+    db.autocommit = True
+    db.execute("SELECT 1")
+    proxy.drop()
+    with pytest.raises(Retry), db.transaction():
+        pass
 
 
 # -- asyncio ------------------------------------------------------------------
@@ -337,6 +362,9 @@ def test_async_error_classes_without_a_first_connection(aconnect, proxy):
         proxy.setUp()
 
 
+@pytest.mark.xfail(
+    "async-refused-setting-poisons" in KNOWN_GAPS, reason="not fixed yet", strict=True
+)
 def test_async_a_refused_setting_made_while_disconnected(aconnect, proxy):
     # Defect 11, asyncio, found by the added rule bad_setting().
     db = aconnect()
@@ -349,5 +377,25 @@ def test_async_a_refused_setting_made_while_disconnected(aconnect, proxy):
     except (ValueError, TypeError, psycopg.Error):
         pass
     aconnect.run(db.rollback())
-    cursor = aconnect.run(db.execute("SELECT 1"))
+    try:  # at most one call may fail for it
+        cursor = aconnect.run(db.execute("SELECT 1"))
+    except ValueError:
+        aconnect.run(db.rollback())
+        cursor = aconnect.run(db.execute("SELECT 1"))
     assert aconnect.run(cursor.fetchone())[0] == 1
+
+
+@pytest.mark.xfail("begin-in-doubt" in KNOWN_GAPS, reason="not fixed yet", strict=True)
+def test_async_a_block_begun_on_a_lost_connection_says_retry(aconnect, proxy):
+    # Beyond the fourteen, found on the fixed code: as the sync test above.
+    db = aconnect()
+
+    async def block():
+        await db.set_autocommit(True)
+        await db.execute("SELECT 1")
+        proxy.drop()
+        async with db.transaction():
+            pass
+
+    with pytest.raises(Retry):
+        aconnect.run(block())
