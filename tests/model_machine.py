@@ -32,7 +32,9 @@ from reconnecting.testing import PortForwardTestSetup
 #:
 #: - ``rollback-loses-session``: rollback() that finds the server connection
 #:   lost swallows it, and the next call runs on a new server session
-#:   without a word (a session advisory lock, a temp table... gone);
+#:   without a word (a session advisory lock, a temp table... gone); so does
+#:   a rollback() (cleanup code, a pool's reset) after a resolved commit
+#:   that lost the session, before any call could raise the Retry;
 #: - ``async-refused-setting-poisons``: on the asyncio connection, a bad
 #:   ``set_isolation_level()`` made while disconnected makes every later
 #:   call fail with ValueError, rollback() or not (defect 11 of issue 17).
@@ -136,13 +138,20 @@ class ContractMachine(RuleBasedStateMachine):
         self.last_outcome = "ok"
         return "ok", value
 
-    def rolled_back(self, disconnects_before):
+    def rolled_back(self, disconnects_before, state_before):
         """rollback() returned; ``disconnects_before``: ``db.disconnects``
-        before it (more now: it found the server connection lost)."""
+        before it (more now: it found the server connection lost);
+        ``state_before``: the state word of ``repr(db)`` before it."""
         ref = self.ref
+        # The session was lost and nobody told the caller: rollback() found
+        # it lost, or cleared a loss that only the next call would tell (a
+        # resolved commit's).
+        untold = self.db.disconnects > disconnects_before or (
+            state_before == "disconnected" and not ref.needs_rollback
+        )
         ref.rollback()
         ref.faulted = False if self.db._raw is None else ref.faulted
-        if self.db.disconnects > disconnects_before:
+        if untold:
             ref.faulted = False
             if "rollback-loses-session" in KNOWN_GAPS:
                 ref.session.clear()  # tolerated for now: see KNOWN_GAPS

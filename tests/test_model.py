@@ -283,9 +283,9 @@ class ConnectionModel(ContractMachine):
     @precondition(lambda self: self.block is None)
     @rule(check=st.booleans())
     def rollback(self, check):
-        disconnects = self.db.disconnects
+        disconnects, state = self.db.disconnects, repr(self.db).split()[1]
         self.db.rollback()  # never raises for an outage
-        self.rolled_back(disconnects)
+        self.rolled_back(disconnects, state)
         if check and not self.ref.faulted:  # after rollback() it works again
             cursor = self.db.cursor()
             outcome, value = self.call(lambda: cursor.execute("SELECT 1"))

@@ -227,9 +227,9 @@ class AsyncConnectionModel(ContractMachine):
     @precondition(lambda self: self.block is None)
     @rule(check=st.booleans())
     def rollback(self, check):
-        disconnects = self.db.disconnects
+        disconnects, state = self.db.disconnects, repr(self.db).split()[1]
         self.run(self.db.rollback())
-        self.rolled_back(disconnects)
+        self.rolled_back(disconnects, state)
         if check and not self.ref.faulted:
             outcome, _ = self.run(self.call(self.db.execute("SELECT 1")))
             if outcome != "ok":
@@ -524,8 +524,11 @@ class AsyncConnectionModel(ContractMachine):
                 continue
             if outcome == "ok":
                 ref.wrote(key)
-            elif isinstance(outcome, asyncio.CancelledError) or outcome == "doubt":
-                ref.doubt.add(key)  # cancelled, or told it may have run
+            elif isinstance(outcome, asyncio.CancelledError) or outcome in (
+                "doubt",
+                "closed",
+            ):
+                ref.doubt.add(key)  # cancelled, closed under it, or told so
             else:
                 ref.absent.add(key)
         if "close" in ops or db._raw is None:
