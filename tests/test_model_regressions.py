@@ -22,6 +22,7 @@ from reconnecting import (
     Retry,
     attempts,
 )
+from reconnecting.testing import wait_until
 
 driver = importlib.import_module(DRIVER)
 INSERT = "INSERT INTO model_rows VALUES (%s)"
@@ -424,3 +425,33 @@ def test_async_a_block_begun_on_a_lost_connection_says_retry(aconnect, proxy):
 
     with pytest.raises(Retry):
         aconnect.run(block())
+
+
+def test_async_a_cancelled_waiter_leaves_the_running_write_alone(
+    aconnect, keys, direct
+):
+    # Defect 5, found with the first rules once half the examples started in
+    # autocommit mode: start(autocommit=True); read(); shared_by_tasks(ops=
+    # ["write", "write"], turns=1, victim=1): "key 1 was told rolled back
+    # (or Retry) but is there".
+    db = aconnect()
+    slow = "INSERT INTO model_rows SELECT %s FROM pg_sleep(0.02)"
+
+    async def main():
+        await db.set_autocommit(True)
+        await db.execute("SELECT 1")
+        tasks = [asyncio.ensure_future(db.execute(slow, (k,))) for k in (1, 2)]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, _ = aconnect.run(main())
+    running = "SELECT count(*) FROM pg_stat_activity WHERE query = %s"
+
+    def settled():  # the server is done with the writes
+        direct.execute(running, (slow,))
+        return direct.fetchone()[0] == 0
+
+    wait_until(settled, 10)
+    if isinstance(first, Retry):
+        assert 1 not in keys(), "Retry said not done, but the write is there"
