@@ -644,4 +644,4 @@ class ConnectionModel(ContractMachine):
 
 
 def test_connection_model(pg, proxy):
-    run_model(ConnectionModel, pg, proxy, default_examples=30)
+    run_model(ConnectionModel, pg, proxy, default_examples=100)

@@ -550,4 +550,4 @@ class AsyncConnectionModel(ContractMachine):
 
 
 def test_async_connection_model(pg, proxy):
-    run_model(AsyncConnectionModel, pg, proxy, default_examples=30)
+    run_model(AsyncConnectionModel, pg, proxy, default_examples=100)
