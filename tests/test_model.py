@@ -545,14 +545,10 @@ class ConnectionModel(ContractMachine):
         try:
             with self.db:
                 for _ in range(writes):
-                    self.write(0, False, "fetchall", False)
-                    if ref.needs_rollback:
-                        raise self.left_unit()
+                    self.write_in_block()
                 if nested_retry:
                     self.nested_attempts()
-                self.write(0, False, "fetchall", False)
-                if ref.needs_rollback:
-                    raise self.left_unit()
+                self.write_in_block()
                 if fail:
                     raise ValueError("the block fails")
         except (Retry, InDoubtError, ValueError) as error:
@@ -564,6 +560,14 @@ class ConnectionModel(ContractMachine):
         if DRIVER == "psycopg":  # psycopg 3 closes the connection after the block
             self.open()
 
+    def write_in_block(self):
+        """A write of a block; its failure ends the block, as in a program."""
+        self.write(0, False, "fetchall", False)
+        if self.ref.needs_rollback:
+            raise self.left_unit()
+        if self.ref.failed:  # refused (read-only)
+            raise ValueError("a statement of the block failed")
+
     def nested_attempts(self):
         """An ``attempts()`` loop inside a block, whose first try meets a drop."""
         dropped = [False]
@@ -573,9 +577,7 @@ class ConnectionModel(ContractMachine):
                     dropped[0] = True
                     self.fault("drop")
                 try:
-                    self.write(0, False, "fetchall", False)
-                    if self.ref.needs_rollback:
-                        raise self.left_unit()
+                    self.write_in_block()
                 except BaseException:
                     self.ref.rollback()
                     raise
@@ -617,6 +619,8 @@ class ConnectionModel(ContractMachine):
                         self.fault("drop")
                     if ref.needs_rollback:
                         raise self.left_unit()
+                    if ref.failed:  # a write refused (read-only): it ends the block
+                        raise ValueError("a statement of the block failed")
                 if fail:
                     raise ValueError("the block fails")
         except Exception as error:
@@ -641,6 +645,7 @@ class ConnectionModel(ContractMachine):
             del self.block[keys_before:]
             self.ref.absent.update(gone)
             self.ref.pending = [k for k in self.ref.pending if k not in gone]
+            self.ref.failed = False  # rolled back to the savepoint: it goes on
 
 
 def test_connection_model(pg, proxy):
