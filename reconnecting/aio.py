@@ -262,7 +262,9 @@ class AsyncReconnectingConnection:
             self._raw = None
             self._refusal = f"Interrupted by cancellation during a {what}"
             log.info("Cancelled during a %s; closing the server connection", what)
-        _close_now(raw)
+        # A COMMIT that has left is not called back: a cancel request racing
+        # it would only make its outcome a matter of timing.
+        _close_now(raw, cancel_query=what != "commit")
 
     async def _call(
         self, function: Callable[[Any], Any], statement: bool = False
@@ -1152,14 +1154,14 @@ _CANCEL_SECONDS = 5.0
 _background: set[asyncio.Task[None]] = set()  # cancel requests under way
 
 
-def _close_now(raw: Any) -> None:
+def _close_now(raw: Any, cancel_query: bool = True) -> None:
     """Close a server connection without awaiting (psycopg's socket closes now);
-    a query it was running is cancelled in the background."""
+    a query it was running is cancelled in the background (if ``cancel_query``)."""
     pgconn = getattr(raw, "pgconn", None)
     try:
         if pgconn is None:
             asyncio.ensure_future(_close_quietly(raw))
-        elif pgconn.transaction_status == _QUERY_RUNNING:
+        elif cancel_query and pgconn.transaction_status == _QUERY_RUNNING:
             _cancel_in_background(pgconn)
     except Exception:
         pass  # the query runs on until the server notices the closed socket
