@@ -28,7 +28,8 @@ from reconnecting import Retry, StatementOutcomeUnknown
 from reconnecting.testing import PortForwardTestSetup
 
 #: Findings of the model that the package has not fixed yet, each kept from
-#: failing the model (and its regression test marked xfail) until it is:
+#: failing the model (and its regression test marked xfail) until it is.
+#: None now; the last three, fixed (their regression tests pass):
 #:
 #: - ``rollback-loses-session``: rollback() that finds the server connection
 #:   lost swallows it, and the next call runs on a new server session
@@ -42,11 +43,7 @@ from reconnecting.testing import PortForwardTestSetup
 #:   autocommit mode on a lost connection raises StatementOutcomeUnknown for
 #:   its own BEGIN, which writes nothing: attempts() gives up instead of
 #:   retrying.
-KNOWN_GAPS = {
-    "rollback-loses-session",
-    "async-refused-setting-poisons",
-    "begin-in-doubt",
-}
+KNOWN_GAPS: set[str] = set()
 
 
 @pytest.fixture(scope="module", name="proxy")
