@@ -153,6 +153,12 @@ class ContractMachine(RuleBasedStateMachine):
             if "rollback-loses-session" in KNOWN_GAPS:
                 ref.session.clear()  # tolerated for now: see KNOWN_GAPS
                 ref.pid = None
+                return
+            # The next call tells the loss (Retry): until then the
+            # connection stays disconnected, rollback() or not.
+            if repr(self.db).split()[1] != "disconnected":
+                raise ContractError("rollback() cleared a session loss never told")
+            ref.faulted = True
 
     def not_poisoned(self, name):
         """After a refused setting: at most one call fails for it (the
@@ -161,6 +167,13 @@ class ContractMachine(RuleBasedStateMachine):
         for chance in (1, 2):
             try:
                 self.rollback(check=True)
+                if self.ref.faulted:
+                    # A session loss not told yet is told first (Retry):
+                    # the refused value is checked by the call after it.
+                    if self.probe() == "ok":
+                        self.ref.began()
+                    else:
+                        self.rollback(check=True)
                 return
             except ValueError as error:
                 if chance == 2:
