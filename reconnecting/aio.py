@@ -37,6 +37,7 @@ from reconnecting.connection import (
     _CONNECT_GRACE,
     _NOT_STATEMENTS,
     _REFUSED,
+    _SESSION_LOST,
     _SESSION_REPLACED,
     Attempt,
     CommitOutcomeUnknown,
@@ -52,6 +53,7 @@ from reconnecting.connection import (
     _note_standby_session,
     _plain_cursor,
     _refusal,
+    _RememberedSettings,
     _statement_in_doubt,
     _status_questions,
     _TransactionBlock,
@@ -94,7 +96,7 @@ def _work_refused(why: str) -> Retry:
     return Retry((DisconnectedConnectionError, error, None))
 
 
-class AsyncReconnectingConnection:
+class AsyncReconnectingConnection(_RememberedSettings):
     """An asyncio connection that reconnects after ``await rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -122,8 +124,12 @@ class AsyncReconnectingConnection:
         self._raw: Any | None = None  # None unless connected
         self._last_raw: Any | None = None
         self._refusal: str | None = None  # why work is refused until rollback
+        # The refusal tells a loss of the server session that the caller
+        # was not told of yet: rollback() keeps it until a call has said it.
+        self._untold = False
         self._closed = False
         self._settings: dict[str, Any] = {}
+        self._unchecked: dict[str, Any] = {}  # see _remember_unchecked()
         self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
         self._blocks: list[_AsyncTransactionBlock] = []  # transaction() blocks open
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
@@ -186,6 +192,7 @@ class AsyncReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._refusal is not None:
+                self._untold = False  # told now
                 raise _work_refused(self._refusal)
             if self._raw is None:
                 raw = await self._connect()
@@ -201,6 +208,7 @@ class AsyncReconnectingConnection:
             self._reconnects += 1
             log.info("Reconnected to the database")
         self._raw, self._last_raw, self._refusal = raw, raw, None
+        self._untold = False
 
     async def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
@@ -208,13 +216,18 @@ class AsyncReconnectingConnection:
         _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
-                if name in _SESSION_SETTINGS:
-                    await getattr(raw, f"set_{name}")(value)
-                else:
-                    setattr(raw, name, value)
+                try:
+                    if name in _SESSION_SETTINGS:
+                        await getattr(raw, f"set_{name}")(value)
+                    else:
+                        setattr(raw, name, value)
+                except Exception as exc:
+                    self._refused(raw, name, exc)
+                    raise
         except BaseException:
             await _close_quietly(raw)
             raise
+        self._unchecked.clear()  # all accepted
         return raw
 
     async def _connect(self) -> Any:
@@ -367,8 +380,9 @@ class AsyncReconnectingConnection:
         wrote something is resolved by the sync connection's rules: normal
         return if the server committed it (results already received stay
         readable, and the connection stays disconnected, since the server
-        session is gone: the next call raises :class:`~reconnecting.Retry`
-        until ``rollback()``), :class:`~reconnecting.Retry` if it rolled it
+        session is gone: the next call raises :class:`~reconnecting.Retry`,
+        even after a ``rollback()``, and the calls after it until
+        ``rollback()``), :class:`~reconnecting.Retry` if it rolled it
         back,
         :class:`~reconnecting.CommitOutcomeUnknown` if nobody can tell in
         time.  The answer comes within ``resolve_timeout`` seconds plus the
@@ -441,6 +455,7 @@ class AsyncReconnectingConnection:
             # connection stays disconnected, so the next call says so.
             if self._raw is None and self._refusal is not None:
                 self._refusal = "Already disconnected" + _SESSION_REPLACED
+                self._untold = True
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
         if status == "aborted":
@@ -487,7 +502,9 @@ class AsyncReconnectingConnection:
         """Roll back, and leave the disconnected state.
 
         A lost server connection rolls back by itself, so this never raises
-        for a disconnection: the next operation reconnects.  Inside a
+        for a disconnection; a loss of the server session the caller was
+        not told of yet is told first, as on the sync connection: the next
+        call raises :class:`~reconnecting.Retry`.  Inside a
         ``transaction()`` block it is refused, as psycopg refuses it: the
         block ends the transaction.
         """
@@ -501,7 +518,8 @@ class AsyncReconnectingConnection:
         if self._closed:
             raise self._closed_error()
         if self._refusal is not None:
-            self._refusal = None
+            if not self._untold:  # told: leave the disconnected state
+                self._refusal = None
             return
         raw = self._raw
         if raw is None:
@@ -512,7 +530,9 @@ class AsyncReconnectingConnection:
             if self._closed or not _is_outage(exc, raw):
                 raise
             await self._lost(raw, exc)
-            self._refusal = None
+            if self._raw is None and self._refusal is not None:
+                self._refusal = "Already disconnected" + _SESSION_LOST
+                self._untold = True
         except BaseException:
             if self._raw is None:
                 # Cancelled: the server rolls back as the connection closes.
@@ -541,10 +561,12 @@ class AsyncReconnectingConnection:
     async def _set_session(self, name: str, value: Any) -> None:
         if self._closed:
             raise self._closed_error()
-        if self._raw is not None:
-            await self._call(lambda raw: getattr(raw, f"set_{name}")(value))
-            value = getattr(self._raw, name)  # as the driver reads it
-        self._settings[name] = value
+        if self._raw is None:
+            # The next server connection checks it, as the sync one does.
+            self._remember_unchecked({name: value})
+            return
+        await self._call(lambda raw: getattr(raw, f"set_{name}")(value))
+        self._settings[name] = getattr(self._raw, name)  # as the driver reads it
 
     async def set_autocommit(self, value: bool) -> None:
         """Set autocommit now if connected, and on every new server connection."""
@@ -885,9 +907,9 @@ class _AsyncTransactionBlock(_TransactionBlock):
         if not self._outer:
             depth = len(connection._blocks) + 1
             self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
-            await self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+            await self._own(f"SAVEPOINT {self._quoted()}")
         elif raw.autocommit:
-            await self._cursor.execute("BEGIN")
+            await self._own("BEGIN")
         connection._blocks.append(self)
         return self
 
@@ -907,13 +929,13 @@ class _AsyncTransactionBlock(_TransactionBlock):
             if self._outer:
                 await connection.commit()
             else:
-                await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+                await self._own(f"RELEASE SAVEPOINT {self._quoted()}")
             return False
         if self._outer:
             await connection.rollback()
         else:
-            await self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
-            await self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            await self._own(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            await self._own(f"RELEASE SAVEPOINT {self._quoted()}")
         # psycopg.Rollback ends this block quietly, or the one it names.
         if type(exc).__name__ == "Rollback":
             return getattr(exc, "transaction", None) in (None, self)

@@ -353,6 +353,11 @@ _SESSION_REPLACED = (
     ": the commit was confirmed over a new server session; the one that"
     " ran the transaction is gone, with its session state"
 )
+# Why, after a rollback() that found the server connection gone.
+_SESSION_LOST = (
+    ": the server connection was lost before rollback(), and its session"
+    " with it (locks, temporary tables, LISTEN, prepared statements)"
+)
 
 
 def _is_outage(exc: BaseException, raw: Any) -> bool:
@@ -710,7 +715,6 @@ class _TransactionBlock:
         self.connection = connection
         self.savepoint_name = savepoint_name
         self.force_rollback = force_rollback
-        self._cursor = connection.cursor()
         self._outer = False
 
     def misuse(self, what: str) -> Exception:
@@ -725,11 +729,16 @@ class _TransactionBlock:
         if not self._outer:
             depth = len(connection._blocks) + 1
             self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
-            self._cursor.execute(f"SAVEPOINT {self._quoted()}")
+            self._own(f"SAVEPOINT {self._quoted()}")
         elif raw.autocommit:
-            self._cursor.execute("BEGIN")
+            self._own("BEGIN")
         connection._blocks.append(self)
         return self
+
+    def _own(self, statement: str) -> Any:
+        """Run a statement of the block's own, which writes nothing: a lost
+        connection is Retry, never a statement in doubt."""
+        return self.connection._call(lambda raw: raw.execute(statement))
 
     def __exit__(
         self,
@@ -745,13 +754,13 @@ class _TransactionBlock:
             if self._outer:
                 connection.commit()
             else:
-                self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+                self._own(f"RELEASE SAVEPOINT {self._quoted()}")
             return False
         if self._outer:
             connection.rollback()
         else:
-            self._cursor.execute(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
-            self._cursor.execute(f"RELEASE SAVEPOINT {self._quoted()}")
+            self._own(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
+            self._own(f"RELEASE SAVEPOINT {self._quoted()}")
         # psycopg.Rollback ends this block quietly, or the one it names.
         if type(exc).__name__ == "Rollback":
             return getattr(exc, "transaction", None) in (None, self)
@@ -761,7 +770,39 @@ class _TransactionBlock:
         return '"' + str(self.savepoint_name).replace('"', '""') + '"'
 
 
-class ReconnectingConnection:
+class _RememberedSettings:
+    """The settings a connection applies to each new server connection,
+    with those made while no driver connection could check them (the
+    sync and asyncio connections share these rules)."""
+
+    _settings: dict[str, Any]
+    _unchecked: dict[str, Any]  # name: the value it replaced
+
+    def _remember_unchecked(self, values: dict[str, Any]) -> None:
+        """Remember settings made while no driver connection can check them
+        (a closed one refuses good and bad values alike).  The next server
+        connection checks them; see _forget_unchecked()."""
+        for name, value in values.items():
+            self._unchecked.setdefault(name, self._settings.get(name, _NOT_SET))
+            self._settings[name] = value
+
+    def _forget_unchecked(self, name: str) -> None:
+        """A driver refused a value set while disconnected: as a live driver
+        connection would have, keep the value before it, so that the value
+        fails one call and never every call."""
+        previous = self._unchecked.pop(name)
+        if previous is _NOT_SET:
+            del self._settings[name]
+        else:
+            self._settings[name] = previous
+
+    def _refused(self, raw: Any, name: str, exc: BaseException) -> None:
+        """The new server connection ``raw`` refused setting ``name``."""
+        if name in self._unchecked and not _is_outage(exc, raw):
+            self._forget_unchecked(name)
+
+
+class ReconnectingConnection(_RememberedSettings):
     """A DB-API connection that reconnects after ``rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -792,7 +833,10 @@ class ReconnectingConnection:
         self._last_raw: Any | None = None
         self._driver_module: Any | None = None  # see _driver()
         self._disconnected = False
-        self._replaced = False  # disconnected after a resolved commit
+        # Why the server session was lost, while the caller was not told
+        # yet: the next call raises Retry saying it, and until then
+        # rollback() does not leave the disconnected state.
+        self._untold = ""
         self._closed = False
         self._settings: dict[str, Any] = {}
         # Settings made with no driver connection to check them, and the
@@ -864,7 +908,8 @@ class ReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                raise _already_disconnected(_SESSION_REPLACED * self._replaced)
+                why, self._untold = self._untold, ""  # told now
+                raise _already_disconnected(why)
             if self._raw is not None:
                 return self._raw
         # Connect outside the lock, so that close() never waits for it.
@@ -890,7 +935,7 @@ class ReconnectingConnection:
             raw.__enter__()  # the rest of a psycopg2 with block: one transaction
             self._entered = raw
         self._raw, self._last_raw = raw, raw
-        self._disconnected = self._replaced = False
+        self._disconnected, self._untold = False, ""
 
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
@@ -901,32 +946,13 @@ class ReconnectingConnection:
                 try:
                     setattr(raw, name, value)
                 except Exception as exc:
-                    if name in self._unchecked and not _is_outage(exc, raw):
-                        self._forget_unchecked(name)
+                    self._refused(raw, name, exc)
                     raise
         except BaseException:
             _close_quietly(raw)
             raise
         self._unchecked.clear()  # all accepted
         return raw
-
-    def _remember_unchecked(self, values: dict[str, Any]) -> None:
-        """Remember settings made while no driver connection can check them
-        (a closed one refuses good and bad values alike).  The next server
-        connection checks them; see _forget_unchecked()."""
-        for name, value in values.items():
-            self._unchecked.setdefault(name, self._settings.get(name, _NOT_SET))
-            self._settings[name] = value
-
-    def _forget_unchecked(self, name: str) -> None:
-        """A driver refused a value set while disconnected: as a live driver
-        connection would have, keep the value before it, so that the value
-        fails one call and never every call."""
-        previous = self._unchecked.pop(name)
-        if previous is _NOT_SET:
-            del self._settings[name]
-        else:
-            self._settings[name] = previous
 
     def _connect(self) -> Any:
         try:
@@ -1019,7 +1045,10 @@ class ReconnectingConnection:
         """Roll back, and leave the disconnected state.
 
         A lost server connection rolls back by itself, so this never raises
-        for a disconnection: the next operation reconnects.
+        for a disconnection.  But a loss of the server session that the
+        caller was not told of yet (found by this rollback, or by a
+        resolved commit) is told first: the next call raises
+        :class:`Retry`, and the rollback after it reconnects.
         """
         if self._blocks:  # as psycopg: the block's end rolls back
             raise self._blocks[-1].misuse("rollback")
@@ -1027,7 +1056,7 @@ class ReconnectingConnection:
             if self._closed:
                 raise self._closed_error()
             if self._disconnected:
-                self._disconnected = self._replaced = False
+                self._disconnected = bool(self._untold)  # told: leave it
                 return
             raw = self._raw
         if raw is None:
@@ -1039,7 +1068,8 @@ class ReconnectingConnection:
                 raise
             self._lost(raw, exc)
             with self._lock:
-                self._disconnected = False
+                if self._raw is None and self._disconnected:
+                    self._untold = _SESSION_LOST
 
     def close(self) -> None:
         """Close for good; later use raises the driver's ``InterfaceError``.
@@ -1203,7 +1233,8 @@ class ReconnectingConnection:
         ``commit()`` returns normally and results already received stay
         readable, but the connection stays disconnected (the server session
         is gone, with its locks, temporary tables and ``LISTEN``), so the
-        next call raises ``Retry`` until ``rollback()``; if the server
+        next call raises ``Retry``, even after a ``rollback()``, and the
+        calls after it until ``rollback()``; if the server
         rolled it back, ``Retry`` is raised; if nobody can tell in time,
         :class:`CommitOutcomeUnknown`.
         The answer comes within ``resolve_timeout`` seconds plus the time
@@ -1272,7 +1303,8 @@ class ReconnectingConnection:
             # caller's locks, temporary tables and LISTENs is gone: the
             # connection stays disconnected, so the next call says so.
             with self._lock:
-                self._replaced = True
+                if self._raw is None and self._disconnected:
+                    self._untold = _SESSION_REPLACED
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
         if status == "aborted":

@@ -287,11 +287,14 @@ class ConnectionModel(ContractMachine):
         self.db.rollback()  # never raises for an outage
         self.rolled_back(disconnects, state)
         if check and not self.ref.faulted:  # after rollback() it works again
-            cursor = self.db.cursor()
-            outcome, value = self.call(lambda: cursor.execute("SELECT 1"))
-            if outcome != "ok":
+            if self.probe() != "ok":
                 raise ContractError("the connection does not work after rollback()")
             self.ref.began()
+
+    def probe(self):
+        """The outcome of a plain query."""
+        cursor = self.db.cursor()
+        return self.call(lambda: cursor.execute("SELECT 1"))[0]
 
     @precondition(lambda self: self.block is None)
     @rule(value=st.booleans())

@@ -231,10 +231,13 @@ class AsyncConnectionModel(ContractMachine):
         self.run(self.db.rollback())
         self.rolled_back(disconnects, state)
         if check and not self.ref.faulted:
-            outcome, _ = self.run(self.call(self.db.execute("SELECT 1")))
-            if outcome != "ok":
+            if self.probe() != "ok":
                 raise ContractError("the connection does not work after rollback()")
             self.ref.began()
+
+    def probe(self):
+        """The outcome of a plain query."""
+        return self.run(self.call(self.db.execute("SELECT 1")))[0]
 
     @precondition(lambda self: self.block is None)
     @rule(value=st.booleans())

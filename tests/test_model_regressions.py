@@ -13,7 +13,7 @@ import importlib
 
 import psycopg
 import pytest
-from model_machine import KNOWN_GAPS, proxy_fixture  # noqa: F401
+from model_machine import proxy_fixture  # noqa: F401
 from model_reference import DRIVER, TABLE
 
 from reconnecting import (
@@ -253,9 +253,6 @@ def test_the_cursor_offers_only_what_the_driver_does(connect):
     assert hasattr(connect().cursor(), "callproc") == hasattr(raw, "callproc")
 
 
-@pytest.mark.xfail(
-    "rollback-loses-session" in KNOWN_GAPS, reason="not fixed yet", strict=True
-)
 def test_a_rollback_after_a_resolved_commit_keeps_it_told(connect, proxy):
     # Found on the fixed code (async model; the sync connection alike):
     # start(resolve=True); advisory_lock(); unit_in_attempts(fault="reply");
@@ -278,9 +275,6 @@ def test_a_rollback_after_a_resolved_commit_keeps_it_told(connect, proxy):
         pass  # told
 
 
-@pytest.mark.xfail(
-    "rollback-loses-session" in KNOWN_GAPS, reason="not fixed yet", strict=True
-)
 def test_a_rollback_that_finds_the_session_gone_tells(connect, proxy):
     # Beyond the fourteen.  make_session_state("lock"); fault("drop");
     # rollback(); any call: "server session changed silently ({'lock'}
@@ -299,7 +293,6 @@ def test_a_rollback_that_finds_the_session_gone_tells(connect, proxy):
 
 
 @only_psycopg3
-@pytest.mark.xfail("begin-in-doubt" in KNOWN_GAPS, reason="not fixed yet", strict=True)
 def test_a_block_begun_on_a_lost_connection_says_retry(connect, proxy):
     # Beyond the fourteen, found on the fixed code.  set_autocommit(True);
     # first_use_while_unreachable(); transaction_block(plan=[]):
@@ -388,9 +381,6 @@ def test_async_error_classes_without_a_first_connection(aconnect, proxy):
         proxy.setUp()
 
 
-@pytest.mark.xfail(
-    "async-refused-setting-poisons" in KNOWN_GAPS, reason="not fixed yet", strict=True
-)
 def test_async_a_refused_setting_made_while_disconnected(aconnect, proxy):
     # Defect 11, asyncio, found by the added rule bad_setting().
     db = aconnect()
@@ -411,7 +401,6 @@ def test_async_a_refused_setting_made_while_disconnected(aconnect, proxy):
     assert aconnect.run(cursor.fetchone())[0] == 1
 
 
-@pytest.mark.xfail("begin-in-doubt" in KNOWN_GAPS, reason="not fixed yet", strict=True)
 def test_async_a_block_begun_on_a_lost_connection_says_retry(aconnect, proxy):
     # Beyond the fourteen, found on the fixed code: as the sync test above.
     db = aconnect()
