@@ -368,6 +368,45 @@ def test_latency_slows_round_trips(proxy, connect):
         proxy.latency(-1)
 
 
+@pytest.fixture
+def sink():
+    """A TCP server that reads what one client sends, to the end."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    received = []
+
+    def serve():
+        try:
+            peer, _ = listener.accept()
+        except OSError:
+            return
+        with peer:
+            peer.settimeout(10)
+            received.append(read_to_eof(peer))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    yield listener.getsockname()[1], received
+    listener.close()
+    thread.join(15)
+
+
+def test_latency_keeps_the_order_of_bytes_after_restore(sink):
+    # A client's bytes sent after restore() must not overtake those still
+    # held back: a Terminate would otherwise reach the server before a COMMIT.
+    port, received = sink
+    with PortForwardTestSetup("127.0.0.1", port) as pf:
+        client = socket.create_connection((pf.host, pf.port), timeout=10)
+        pf.latency(0.5)
+        client.sendall(b"first,")
+        wait_until(lambda: pf.delayed_bytes == 6)
+        pf.restore()
+        client.sendall(b"second")
+        client.close()
+        wait_until(lambda: received)
+    assert received == [b"first,second"]
+
+
 def last_value(direct):
     direct.execute("SELECT last_value FROM s")
     return direct.fetchone()[0]

@@ -184,8 +184,13 @@ class Link:
                 data = data[: max(self.cut_at - self.sent, 0)]
                 self.ending = True
             self.sent += len(data)
-        if data and board.latency:
-            flow.delayed.append((time.monotonic() + board.latency, data))
+        if data and (board.latency or flow.delayed):
+            # Bytes behind held-back ones wait for them, even once latency
+            # is off: a stream keeps its order.
+            due = time.monotonic() + board.latency
+            if flow.delayed:
+                due = max(due, flow.delayed[-1][0])
+            flow.delayed.append((due, data))
             board.waiting.add(flow)
         elif data:
             self.write(flow, data)

@@ -109,6 +109,13 @@ class PortForwardTestSetup:
         return len(self._board.links)
 
     @property
+    def delayed_bytes(self) -> int:
+        """How many bytes ``latency()`` holds back right now, both ways."""
+        with self._lock:
+            flows = self._board.waiting
+            return sum(len(data) for flow in flows for _, data in flow.delayed)
+
+    @property
     def commit_cuts(self) -> int:
         """How many times the ``cut_on_commit()`` trap has fired."""
         return self._board.commit_cuts
