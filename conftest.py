@@ -13,11 +13,11 @@ from sybil.evaluators.doctest import OutputChecker
 from sybil.parsers.rest import PythonCodeBlockParser, SkipParser
 
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
-from reconnecting.testing._doctest_asyncio import (
+from reconnecting.testing.cluster import Cluster, get_server
+from reconnecting.testing.pages._doctest_asyncio import (
     AwaitingDocTestParser,
     close_event_loop,
 )
-from reconnecting.testing.cluster import Cluster, get_server
 from reconnecting.testing.standby import Standby
 
 # Every page runs under either driver; CI runs the suite once with each.

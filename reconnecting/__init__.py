@@ -2,7 +2,7 @@
 
 The core names come from :mod:`reconnecting.connection`, which needs only
 the standard library.  ``ReconnectingDatabaseAdapter`` is imported from
-:mod:`reconnecting.adapter` on first use, so that ``import reconnecting``
+:mod:`reconnecting.zope.adapter` on first use, so that ``import reconnecting``
 does not import ``zope.interface`` and ``transaction``, which only the
 adapter needs.
 """
@@ -27,11 +27,11 @@ from reconnecting.connection import (
 )
 
 if TYPE_CHECKING:
-    from reconnecting.adapter import (
-        ReconnectingDatabaseAdapter as ReconnectingDatabaseAdapter,
-    )
     from reconnecting.aio import (
         AsyncReconnectingConnection as AsyncReconnectingConnection,
+    )
+    from reconnecting.zope.adapter import (
+        ReconnectingDatabaseAdapter as ReconnectingDatabaseAdapter,
     )
 
 __all__ = [
@@ -54,7 +54,7 @@ logging.getLogger("reconnecting").addHandler(logging.NullHandler())
 
 _LAZY = {
     "AsyncReconnectingConnection": "reconnecting.aio",  # imports asyncio
-    "ReconnectingDatabaseAdapter": "reconnecting.adapter",
+    "ReconnectingDatabaseAdapter": "reconnecting.zope.adapter",
 }
 
 

@@ -17,21 +17,21 @@ from helpers import python_output
 from zope.interface.verify import verifyObject
 
 from reconnecting import CommitOutcomeUnknown, Retry
-from reconnecting.adapter import ReconnectingDatabaseAdapter
-from reconnecting.datamanager import (
+from reconnecting.testing import PortForwardTestSetup, wait_until
+from reconnecting.testing.pages import MemoryResource, ResourceError
+from reconnecting.zope.adapter import ReconnectingDatabaseAdapter
+from reconnecting.zope.datamanager import (
     GID_PREFIX,
     ConnectionDataManager,
     PartialCommitError,
-    TwoPhaseDataManager,
 )
-from reconnecting.dsn import parse_dsn
-from reconnecting.interfaces import (
+from reconnecting.zope.dsn import parse_dsn
+from reconnecting.zope.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
     IZopeCursor,
 )
-from reconnecting.testing import PortForwardTestSetup, wait_until
-from reconnecting.testing.pages import MemoryResource, ResourceError
+from reconnecting.zope.twophase import TwoPhaseDataManager
 
 DRIVER = os.environ.get("RECONNECTING_TEST_DRIVER", "psycopg2")
 
@@ -71,7 +71,7 @@ def test_the_core_imports_neither_zope_nor_transaction():
 
 
 def test_the_adapter_imports_the_driver_only_to_connect():
-    code = "import sys, reconnecting.adapter; print('psycopg2' in sys.modules)"
+    code = "import sys, reconnecting.zope.adapter; print('psycopg2' in sys.modules)"
     assert python_output(code) == "False"
 
 

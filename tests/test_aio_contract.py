@@ -21,7 +21,7 @@ import pytest
 from reconnecting import AsyncReconnectingConnection, Retry, StatementOutcomeUnknown
 from reconnecting.aio import _Turn, attempts
 from reconnecting.testing import PortForwardTestSetup
-from reconnecting.testing.async_pages import backends_running, until
+from reconnecting.testing.pages.asyncio import backends_running, until
 
 
 @pytest.fixture

@@ -27,9 +27,11 @@ def test_the_adapter_is_importable_from_the_package():
     result = run_python("""
         import sys
         from reconnecting import ReconnectingDatabaseAdapter
-        from reconnecting.adapter import ReconnectingDatabaseAdapter as adapter
+        from reconnecting.zope.adapter import ReconnectingDatabaseAdapter as adapter
+        from reconnecting.adapter import ReconnectingDatabaseAdapter as old_path
         import reconnecting
-        print(ReconnectingDatabaseAdapter is adapter, 'transaction' in sys.modules)
+        print(ReconnectingDatabaseAdapter is adapter is old_path,
+              'transaction' in sys.modules)
         print('ReconnectingDatabaseAdapter' in dir(reconnecting))
         try:
             reconnecting.NoSuchName

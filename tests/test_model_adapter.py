@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from reconnecting import CommitOutcomeUnknown, Retry
-from reconnecting.adapter import ReconnectingDatabaseAdapter
-from reconnecting.datamanager import GID_PREFIX, PartialCommitError
 from reconnecting.testing import PgTestSetup, PortForwardTestSetup
 from reconnecting.testing.pages import MemoryResource, ResourceError
+from reconnecting.zope.adapter import ReconnectingDatabaseAdapter
+from reconnecting.zope.datamanager import GID_PREFIX, PartialCommitError
 
 pytestmark = pytest.mark.model
 

@@ -20,11 +20,11 @@ def wait_until(
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{_name(condition)} still false after {timeout} s")
+            raise TimeoutError(f"{name_of(condition)} still false after {timeout} s")
         time.sleep(interval)
 
 
-def _name(condition: Callable[[], Any]) -> str:
+def name_of(condition: Callable[[], Any]) -> str:
     name = getattr(condition, "__qualname__", None) or repr(condition)
     if (code := getattr(condition, "__code__", None)) is not None:
         name += f" ({code.co_filename}:{code.co_firstlineno})"

@@ -9,7 +9,7 @@ again with the same names and the same meanings.  Code that checks
 
 Only the interfaces an adapter and its users need are here; the result-set
 and SQL-script interfaces that ``zope.rdb`` also had belong to the Zope
-management screens.  :mod:`reconnecting.adapter` implements them.
+management screens.  :mod:`reconnecting.zope.adapter` implements them.
 """
 
 # ruff: noqa: N802, N805

@@ -1,6 +1,6 @@
 """What an adapter prepared and has not yet seen finished.
 
-A two-phase data manager (:class:`~reconnecting.datamanager.TwoPhaseDataManager`)
+A two-phase data manager (:class:`~reconnecting.zope.twophase.TwoPhaseDataManager`)
 notes its transaction here before it sends ``PREPARE TRANSACTION``, and
 the note stays until the server confirms that the transaction is committed
 or rolled back.  Each note carries the decision of the Zope transaction:

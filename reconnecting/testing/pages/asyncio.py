@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reconnecting.testing.pgsql import PgTestSetup
-from reconnecting.testing.waiting import _name as name_of
+from reconnecting.testing.waiting import name_of
 
 __all__ = ["Ledger", "backends_running", "gone", "until"]
 

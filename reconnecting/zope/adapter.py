@@ -2,12 +2,12 @@
 
 :class:`ReconnectingDatabaseAdapter` hands out one
 :class:`~reconnecting.ReconnectingConnection` per thread, dressed as the
-``zope.rdb`` interfaces of :mod:`reconnecting.interfaces`.  Using a cursor
+``zope.rdb`` interfaces of :mod:`reconnecting.zope.interfaces`.  Using a cursor
 joins the connection to the current ``transaction``, through a data
-manager (:mod:`reconnecting.datamanager`) that commits and rolls back the
+manager (:mod:`reconnecting.zope.datamanager`) that commits and rolls back the
 database transaction with it, and that tells the transaction manager to
 retry a unit of work interrupted by an outage.  DSNs are read by
-:func:`~reconnecting.dsn.parse_dsn`.
+:func:`~reconnecting.zope.dsn.parse_dsn`.
 
 This module needs ``zope.interface`` and ``transaction`` (the ``zope``
 extra), and the driver (``psycopg2`` or ``psycopg``) once a connection is
@@ -23,25 +23,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-try:
-    import transaction
-    from zope.interface import implementer
-except ModuleNotFoundError as exc:
-    raise ModuleNotFoundError(
-        f"reconnecting.adapter needs the zope extra ({exc.name} is missing): "
-        "pip install 'reconnecting[zope]'",
-        name=exc.name,
-    ) from exc
+import transaction
+from zope.interface import implementer
 
 from reconnecting.connection import ReconnectingConnection, ReconnectingCursor, Retry
-from reconnecting.datamanager import ConnectionDataManager, TwoPhaseDataManager
-from reconnecting.dsn import conninfo, parse_dsn, redacted_dsn
-from reconnecting.interfaces import (
+from reconnecting.zope.datamanager import ConnectionDataManager
+from reconnecting.zope.dsn import conninfo, parse_dsn, redacted_dsn
+from reconnecting.zope.interfaces import (
     IManageableZopeDatabaseAdapter,
     IZopeConnection,
     IZopeCursor,
 )
-from reconnecting.prepared import PreparedTransactions, StillPreparedError
+from reconnecting.zope.prepared import PreparedTransactions, StillPreparedError
+from reconnecting.zope.twophase import TwoPhaseDataManager
 
 __all__ = [
     "DRIVERS",
@@ -64,7 +58,7 @@ def _identity(value: Any) -> Any:
 class ReconnectingDatabaseAdapter:
     """A Zope database adapter for PostgreSQL that survives outages.
 
-    ``dsn`` is read by :func:`~reconnecting.dsn.parse_dsn`.  Each thread gets
+    ``dsn`` is read by :func:`~reconnecting.zope.dsn.parse_dsn`.  Each thread gets
     its own :class:`ZopeConnection`; the server connection behind it is
     opened on first use and again after each outage, with the DSN current at
     that moment.  Its work joins transactions of ``transaction_manager``
@@ -77,9 +71,9 @@ class ReconnectingDatabaseAdapter:
     ``driver`` names the driver module: ``"psycopg2"`` or ``"psycopg"``
     (psycopg 3).  With ``two_phase=True`` the connections take part in
     transactions with a real two-phase commit
-    (:class:`~reconnecting.datamanager.TwoPhaseDataManager`), which needs a
+    (:class:`~reconnecting.zope.twophase.TwoPhaseDataManager`), which needs a
     server that allows prepared transactions; otherwise they commit when
-    they vote (:class:`~reconnecting.datamanager.ConnectionDataManager`).
+    they vote (:class:`~reconnecting.zope.datamanager.ConnectionDataManager`).
     Prepared transactions not yet known to be finished are noted in
     :attr:`prepared`, for every thread, until they are.
     """
@@ -114,7 +108,7 @@ class ReconnectingDatabaseAdapter:
         self._transaction_manager = transaction_manager
         #: The prepared transactions of this adapter not known to be
         #: finished, with the decision for each (see
-        #: :mod:`reconnecting.prepared`).
+        #: :mod:`reconnecting.zope.prepared`).
         self.prepared = PreparedTransactions(self._connect_to_server)
         self.setDSN(dsn)
 
