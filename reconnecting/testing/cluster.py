@@ -16,15 +16,11 @@ returns the process's default cluster.
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 from typing import Any
@@ -32,8 +28,8 @@ from typing import Any
 import psycopg2
 from psycopg2.extensions import make_dsn
 
-from reconnecting.testing._watchdog import start_watchdog
-from reconnecting.testing.binaries import copy_binaries, find_bindir, server_account
+from reconnecting.testing._process import FixtureProcess, free_port
+from reconnecting.testing.binaries import copy_binaries, find_bindir
 from reconnecting.testing.server import (
     SERVER_ENV,
     ExistingServer,
@@ -83,26 +79,12 @@ def _cluster_parent(demoted: bool) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server_env() -> dict[str, str]:
     # PGDATA, PGPORT and friends would change what the server binaries do.
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError as exc:
-        return f"({exc})"
-
-
-class Cluster(Server):
+class Cluster(FixtureProcess, Server):
     """A throwaway PostgreSQL cluster, made by ``create()`` or the first ``start()``.
 
     :param bindir: the directory of ``initdb`` and ``postgres``; by default
@@ -118,11 +100,14 @@ class Cluster(Server):
     host = "127.0.0.1"
     user = "postgres"
     _fast_clone = True
+    _what = "The PostgreSQL server"
+    _log_name = "server.log"
+    _no_directory = "the cluster is not created yet"
 
     def __init__(self, bindir: str | None = None) -> None:
-        super().__init__()
+        Server.__init__(self)
+        FixtureProcess.__init__(self)
         self.bindir: str = os.path.abspath(bindir) if bindir else find_bindir()
-        self.directory: str | None = None
         self.port: int | None = None
         #: The output of ``postgres --version``, known after ``create()``.
         self.version: str | None = None
@@ -130,42 +115,12 @@ class Cluster(Server):
         self.initdb_seconds: float | None = None
         #: Seconds from launching the server until it accepted a connection.
         self.last_start_seconds: float | None = None
-        self._account = server_account()
         #: The superuser's password over TCP: generated, in ``dsn()``, never shown.
         self.password: str = _process_secret()
-        self._owner_pid = os.getpid()
-        self._lock = threading.RLock()
-        self._proc: subprocess.Popen | None = None
-        self._watchdog: subprocess.Popen | None = None
-        self._pipe: int | None = None
         self._role_created = False
-        self._destroyed = False
-
-    def _path(self, name: str) -> str:
-        if self.directory is None:
-            raise RuntimeError("the cluster is not created yet")
-        return os.path.join(self.directory, name)
 
     data_dir = property(lambda self: self._path("data"), doc="The data directory.")
     socket_dir = property(lambda self: self._path("socket"), doc="Unix socket dir.")
-    log_path = property(lambda self: self._path("server.log"), doc="The server's log.")
-
-    @property
-    def running(self) -> bool:
-        """True while the server started by this object runs."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The process id of the running server (the postmaster), or None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    def _as_server_user(self) -> dict[str, Any]:
-        if self._account is None:
-            return {}
-        # user= alone would keep group root and root's supplementary groups.
-        return {"user": self._account[0], "group": self._account[1], "extra_groups": []}
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
         """Run a server program to its end, and return what it printed.
@@ -198,41 +153,21 @@ class Cluster(Server):
             raise interrupted
         return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
-    def _tell_watchdog(self, pid: int) -> None:
-        """Report a server process to the watchdog, which stops it if we die."""
-        try:
-            if self._pipe is not None:
-                os.write(self._pipe, b"%d\n" % pid)
-        except OSError:
-            pass
-
-    def _chown(self, *paths: str) -> None:
-        account = self._account
-        if account is not None:
-            for path in paths:
-                os.chown(path, *account)
-
     def create(self) -> None:
         """Make the cluster directory and run ``initdb``, once."""
         with self._lock:
-            if self._destroyed:
+            if self._removed:
                 raise RuntimeError("this cluster was destroyed")
             if self.directory is not None:
                 return
             parent = _cluster_parent(demoted=self._account is not None)
-            self.directory = tempfile.mkdtemp(prefix="reconnecting-pg-", dir=parent)
-            _live_clusters.add(self)
             try:
-                self._start_watchdog()
+                pid_file = os.path.join("data", "postmaster.pid")
+                self._make_directory("reconnecting-pg-", parent, pid_file)
                 self._initdb()
             except BaseException:
                 self.destroy()
                 raise
-
-    def _start_watchdog(self) -> None:
-        pid_file = os.path.join(self.data_dir, "postmaster.pid")
-        assert self.directory is not None  # made by create()
-        self._watchdog, self._pipe = start_watchdog(self.directory, pid_file)
 
     def _prepare_directory(self) -> int:
         """Make the empty data and socket directories and the log, check the
@@ -282,7 +217,7 @@ class Cluster(Server):
         with open(hba, "w") as f:
             f.write(_PG_HBA)
         self._chown(hba)
-        self.port = _free_port()
+        self.port = free_port()
 
     def _server_command(self) -> list[str]:
         settings = {
@@ -323,44 +258,14 @@ class Cluster(Server):
                 return
             self.create()
             started = time.perf_counter()
-            with open(self.log_path, "ab") as log:
-                # Not pg_ctl -w, which polls every 100 ms.  Own session: a Ctrl-C in
-                # the terminal is for the tests, which then stop the server.
-                self._proc = subprocess.Popen(
-                    self._server_command(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    cwd=self.directory,
-                    env=_server_env(),
-                    start_new_session=True,
-                    **self._as_server_user(),
-                )
-            self._tell_watchdog(self._proc.pid)
-            self._wait_until_ready(started + timeout)
+            # Not pg_ctl -w, which polls every 100 ms.
+            self._launch(self._server_command(), env=_server_env())
+            ready = lambda: self.admin_connect(connect_timeout=5).close()  # noqa: E731
+            self._wait_until_ready(ready, time.monotonic() + timeout)
             self.last_start_seconds = time.perf_counter() - started
             if not self._role_created:
                 self._execute(f"CREATE ROLE {PASSWORD_ROLE} NOLOGIN")
                 self._role_created = True
-
-    def _wait_until_ready(self, deadline: float) -> None:
-        while True:
-            assert self._proc is not None
-            if (code := self._proc.poll()) is not None:
-                self._proc = None
-                problem = f"exited with code {code} while starting"
-                break
-            try:
-                self.admin_connect(connect_timeout=5).close()
-                return
-            except psycopg2.OperationalError as exc:
-                if time.perf_counter() > deadline:
-                    self._kill()
-                    problem = f"did not accept connections in time ({exc})"
-                    break
-            time.sleep(0.01)
-        log = _tail(self.log_path)
-        raise RuntimeError(f"The PostgreSQL server {problem}; {self.log_path}:\n{log}")
 
     def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
         """Stop the server; *mode* is ``"smart"``, ``"fast"`` or ``"immediate"``.
@@ -419,33 +324,11 @@ class Cluster(Server):
                 return self.stop(mode, timeout)
             except TimeoutError:
                 pass
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        super()._kill()
 
     def destroy(self) -> None:
         """Stop the server and remove the cluster directory.  Safe to call again."""
-        with self._lock:
-            if self._destroyed:
-                return
-            self._destroyed = True
-            _live_clusters.discard(self)
-            if os.getpid() != self._owner_pid:
-                return  # in a forked child: the cluster is the parent's
-            try:
-                self._kill()
-            finally:
-                if self.directory is not None:
-                    shutil.rmtree(self.directory, ignore_errors=True)
-                if self._pipe is not None:  # last, so the watchdog finds nothing to do
-                    os.close(self._pipe)
-                    self._pipe = None
-                if self._watchdog is not None:
-                    try:
-                        self._watchdog.wait(5)
-                    except subprocess.TimeoutExpired:
-                        pass
+        self._remove(self._kill)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -456,33 +339,18 @@ class Cluster(Server):
     @property
     def is_primary(self) -> bool:
         """True while the server runs and takes writes (not in recovery)."""
-        if not self.running:
-            return False
-        conn = self.admin_connect()
-        try:
-            cursor = conn.cursor()
-            cursor.execute("SELECT pg_is_in_recovery()")
-            return not cursor.fetchone()[0]
-        finally:
-            conn.close()
+        return self.running and not self._value("SELECT pg_is_in_recovery()")
 
 
 _lock = threading.RLock()
-_live_clusters: set[Cluster] = set()
 _default_cluster: Cluster | None = None
-
-
-@atexit.register
-def _destroy_clusters() -> None:
-    for cluster in list(_live_clusters):
-        cluster.destroy()
 
 
 def get_cluster() -> Cluster:
     """Return this process's default ``Cluster``, made and started on first call."""
     global _default_cluster
     with _lock:
-        if _default_cluster is None or _default_cluster._destroyed:
+        if _default_cluster is None or _default_cluster._removed:
             cluster = Cluster()
             try:
                 cluster.start()

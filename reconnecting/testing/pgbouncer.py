@@ -18,22 +18,18 @@ there).  ``pgbouncer_unavailable()`` tells why there is none.
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
 import subprocess
-import tempfile
-import threading
 import time
 from typing import Any
 
 import psycopg2
 from psycopg2.extensions import make_dsn
 
-from reconnecting.testing._watchdog import start_watchdog
-from reconnecting.testing.binaries import server_account
-from reconnecting.testing.cluster import _free_port, _tail, get_server
+from reconnecting.testing._process import FixtureProcess, free_port
+from reconnecting.testing.cluster import get_server
 from reconnecting.testing.server import (
     Server,
     forget_libpq_environment,
@@ -74,7 +70,7 @@ def pgbouncer_unavailable() -> str | None:
     return None
 
 
-class PgBouncer:
+class PgBouncer(FixtureProcess):
     """A PgBouncer on 127.0.0.1 in front of *server* (default: the test server).
 
     :param pool_mode: ``"transaction"`` (a server connection per
@@ -92,6 +88,9 @@ class PgBouncer:
     """
 
     host = "127.0.0.1"
+    _what = "PgBouncer"
+    _log_name = "pgbouncer.log"
+    _no_directory = "PgBouncer is not started yet"
 
     def __init__(
         self,
@@ -102,21 +101,14 @@ class PgBouncer:
     ) -> None:
         if pool_mode not in ("session", "transaction"):
             raise ValueError(f"pool_mode must be session or transaction: {pool_mode!r}")
+        super().__init__()
         self.program = find_pgbouncer()
         self.server = server
         self.pool_mode = pool_mode
         self.settings = dict(settings or {})
         self.port: int | None = None
-        self.directory: str | None = None
         #: The first line of ``pgbouncer --version``, e.g. ``PgBouncer 1.18.0``.
         self.version = self._version()
-        self._account = server_account()
-        self._owner_pid = os.getpid()
-        self._lock = threading.RLock()
-        self._proc: subprocess.Popen | None = None
-        self._watchdog: subprocess.Popen | None = None
-        self._pipe: int | None = None
-        self._closed = False
         self._password: str | None = None  # the server's, known at start
 
     def _version(self) -> str:
@@ -131,44 +123,24 @@ class PgBouncer:
         number = self.version.split()[-1]
         return tuple(int(part) for part in number.split(".") if part.isdigit())
 
-    def _path(self, name: str) -> str:
-        if self.directory is None:
-            raise RuntimeError("PgBouncer is not started yet")
-        return os.path.join(self.directory, name)
-
     config_path = property(lambda self: self._path("pgbouncer.ini"), doc="Its config.")
-    log_path = property(lambda self: self._path("pgbouncer.log"), doc="Its log.")
 
     @property
     def user(self) -> str:
         """The role clients and the admin console connect as."""
         return (self.server or get_server()).user
 
-    @property
-    def running(self) -> bool:
-        """True while the PgBouncer started by this object runs."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """Its process id while it runs, else None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
     def _create(self) -> None:
-        if self._closed:
+        if self._removed:
             raise RuntimeError("this PgBouncer was closed")
         if self.directory is not None:
             return
         parent = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
-        self.directory = tempfile.mkdtemp(prefix="reconnecting-pgbouncer-", dir=parent)
-        _live.add(self)
-        self._watchdog, self._pipe = start_watchdog(
-            self.directory, self._path("pgbouncer.pid")
+        directory = self._make_directory(
+            "reconnecting-pgbouncer-", parent, "pgbouncer.pid"
         )
-        self.port = _free_port()
-        if self._account is not None:
-            os.chown(self.directory, *self._account)
+        self.port = free_port()
+        self._chown(directory)
 
     def _write_config(self) -> None:
         server = self.server or get_server()
@@ -195,9 +167,7 @@ class PgBouncer:
         lines += ["[pgbouncer]", *(f"{k} = {v}" for k, v in settings.items())]
         with open(self.config_path, "w") as f:
             f.write("\n".join(lines) + "\n")
-        for path in (auth_file, self.config_path):
-            if self._account is not None:
-                os.chown(path, *self._account)
+        self._chown(auth_file, self.config_path)
 
     def start(self, timeout: float = 30.0) -> None:
         """Write the configuration and start PgBouncer; wait until its admin
@@ -210,45 +180,9 @@ class PgBouncer:
                 return
             self._create()
             self._write_config()
-            account = self._account
-            as_user: dict[str, Any] = {}
-            if account is not None:
-                as_user = {"user": account[0], "group": account[1], "extra_groups": []}
-            with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [self.program, self.config_path],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    cwd=self.directory,
-                    start_new_session=True,
-                    **as_user,
-                )
-            try:
-                assert self._pipe is not None  # made with the directory
-                os.write(self._pipe, b"%d\n" % self._proc.pid)  # for the watchdog
-            except OSError:
-                pass
-            self._wait_until_ready(time.monotonic() + timeout)
-
-    def _wait_until_ready(self, deadline: float) -> None:
-        while True:
-            assert self._proc is not None
-            if (code := self._proc.poll()) is not None:
-                self._proc = None
-                problem = f"exited with code {code} while starting"
-                break
-            try:
-                self.admin("SHOW VERSION")
-                return
-            except psycopg2.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    self._kill()
-                    problem = f"did not accept connections in time ({exc})"
-                    break
-            time.sleep(0.01)
-        log = _tail(self.log_path)
-        raise RuntimeError(f"PgBouncer {problem}; {self.log_path}:\n{log}")
+            self._launch([self.program, self.config_path])
+            ready = lambda: self.admin("SHOW VERSION")  # noqa: E731
+            self._wait_until_ready(ready, time.monotonic() + timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Shut PgBouncer down at once (``SHUTDOWN``): every client connection
@@ -268,12 +202,6 @@ class PgBouncer:
                     self._proc.wait()
             self._proc = None
 
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
     def restart(self) -> None:
         """Stop PgBouncer and start it again on the same port."""
         with self._lock:
@@ -282,26 +210,7 @@ class PgBouncer:
 
     def close(self) -> None:
         """Stop PgBouncer and remove its directory.  Safe to call again."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            _live.discard(self)
-            if os.getpid() != self._owner_pid:
-                return  # in a forked child: it is the parent's
-            try:
-                self.stop()
-            finally:
-                if self.directory is not None:
-                    shutil.rmtree(self.directory, ignore_errors=True)
-                if self._pipe is not None:  # last, so the watchdog finds nothing
-                    os.close(self._pipe)
-                    self._pipe = None
-                if self._watchdog is not None:
-                    try:
-                        self._watchdog.wait(5)
-                    except subprocess.TimeoutExpired:
-                        pass
+        self._remove(self.stop)
 
     destroy = close
 
@@ -371,12 +280,3 @@ class PgBouncer:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"' if name else ""
-
-
-_live: set[PgBouncer] = set()
-
-
-@atexit.register
-def _close_all() -> None:
-    for pgbouncer in list(_live):
-        pgbouncer.close()

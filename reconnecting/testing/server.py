@@ -124,6 +124,18 @@ class Server:
         finally:
             conn.close()
 
+    def _value(self, query: str, args: tuple = ()) -> Any:
+        """Run *query* over a connection of its own; return the first column
+        of its first row, or None if it returned no row."""
+        conn = self.admin_connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(query, args)
+            row = cursor.fetchone()
+            return row[0] if row else None
+        finally:
+            conn.close()
+
     def terminate_backends(self, dbname: str, timeout: float = 10.0) -> int:
         """Terminate every connection to *dbname*, and wait until they are gone.
 

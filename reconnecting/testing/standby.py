@@ -21,8 +21,9 @@ import os
 import time
 from typing import Any
 
+from reconnecting.testing._process import free_port
 from reconnecting.testing.binaries import copy_binaries
-from reconnecting.testing.cluster import Cluster, _free_port
+from reconnecting.testing.cluster import Cluster
 from reconnecting.testing.waiting import wait_until
 
 __all__ = ["Standby", "make_standby"]
@@ -72,7 +73,7 @@ class Standby(Cluster):
             output = result.stdout + result.stderr
             raise RuntimeError(f"pg_basebackup failed ({result.returncode}):\n{output}")
         self._forget_synchronous_standbys()
-        self.port = _free_port()
+        self.port = free_port()
         self.name = f"standby_{self.port}"
 
     def _forget_synchronous_standbys(self) -> None:
@@ -126,31 +127,18 @@ class Standby(Cluster):
 
     def _replication_state(self) -> str | None:
         """The primary's ``sync_state`` of this standby while it streams."""
-        conn = self.primary.admin_connect()
-        try:
-            cursor = conn.cursor()
-            cursor.execute(
-                "SELECT sync_state FROM pg_stat_replication"
-                " WHERE application_name = %s AND state = 'streaming'",
-                (self.name,),
-            )
-            row = cursor.fetchone()
-            return row and row[0]
-        finally:
-            conn.close()
+        return self.primary._value(
+            "SELECT sync_state FROM pg_stat_replication"
+            " WHERE application_name = %s AND state = 'streaming'",
+            (self.name,),
+        )
 
     def catch_up(self, timeout: float = 30.0) -> None:
         """Wait until the standby has replayed all the primary has written."""
-        conn = self.primary.admin_connect()
-        try:
-            cursor = conn.cursor()
-            cursor.execute("SELECT pg_current_wal_lsn()::text")
-            target = cursor.fetchone()[0]
-        finally:
-            conn.close()
+        target = self.primary._value("SELECT pg_current_wal_lsn()::text")
 
         def replayed() -> Any:
-            return self._query(
+            return self._value(
                 "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
             )
 
@@ -161,17 +149,8 @@ class Standby(Cluster):
 
         :raises RuntimeError: if it is still a standby after *timeout* seconds.
         """
-        if not self._query("SELECT pg_promote(true, %s)", (timeout,)):
+        if not self._value("SELECT pg_promote(true, %s)", (timeout,)):
             raise RuntimeError(f"the standby was not promoted in {timeout} s")
-
-    def _query(self, query: str, args: tuple = ()) -> Any:
-        conn = self.admin_connect()
-        try:
-            cursor = conn.cursor()
-            cursor.execute(query, args)
-            return cursor.fetchone()[0]
-        finally:
-            conn.close()
 
     def destroy(self) -> None:
         """Stop and remove the standby; a primary that waited for it no
