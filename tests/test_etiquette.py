@@ -28,9 +28,8 @@ def test_the_adapter_is_importable_from_the_package():
         import sys
         from reconnecting import ReconnectingDatabaseAdapter
         from reconnecting.zope.adapter import ReconnectingDatabaseAdapter as adapter
-        from reconnecting.adapter import ReconnectingDatabaseAdapter as old_path
         import reconnecting
-        print(ReconnectingDatabaseAdapter is adapter is old_path,
+        print(ReconnectingDatabaseAdapter is adapter,
               'transaction' in sys.modules)
         print('ReconnectingDatabaseAdapter' in dir(reconnecting))
         try:

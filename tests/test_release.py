@@ -108,7 +108,6 @@ def test_readme_renders_on_the_package_index_without_junk():
         ("psycopg2", "import reconnecting.testing", "testing"),
         ("transaction", "import reconnecting.zope.adapter", "zope"),
         ("zope", "import reconnecting.zope.adapter", "zope"),
-        ("zope", "import reconnecting.adapter", "zope"),  # the old path
     ],
 )
 def test_a_missing_extra_is_named(blocked, statement, extra):
