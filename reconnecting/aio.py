@@ -33,32 +33,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
 
-from reconnecting.connection import (
-    _CONNECT_GRACE,
-    _NOT_STATEMENTS,
-    _REFUSED,
-    _SESSION_LOST,
-    _SESSION_REPLACED,
+from .connection import (
+    CONNECT_GRACE,
+    NOT_STATEMENTS,
+    REFUSED_CALLS,
+    SESSION_LOST,
+    SESSION_REPLACED,
     Attempt,
+    AttemptLoop,
     CommitOutcomeUnknown,
     DisconnectedConnectionError,
+    RememberedSettings,
     Retry,
     StatementOutcomeUnknown,
-    _AttemptLoop,
-    _cannot_write,
-    _check_setting,
-    _describe,
-    _id_query,
-    _is_outage,
-    _note_standby_session,
-    _plain_cursor,
-    _refusal,
-    _RememberedSettings,
-    _statement_in_doubt,
-    _status_questions,
-    _TransactionBlock,
+    TransactionBlock,
+    cannot_write,
+    check_setting,
+    describe,
+    id_query,
     is_disconnection,
+    is_outage,
     log,
+    note_standby_session,
+    plain_cursor,
+    refused_call,
+    statement_in_doubt,
+    status_questions,
 )
 
 __all__ = [
@@ -77,7 +77,7 @@ _SESSION_SETTINGS = frozenset(
     {"autocommit", "isolation_level", "read_only", "deferrable"}
 )
 # Cursor methods that run no statement of the caller's (see _statement_lost).
-_NOT_STATEMENTS_ASYNC = _NOT_STATEMENTS | {"__anext__"}
+_NOT_STATEMENTS_ASYNC = NOT_STATEMENTS | {"__anext__"}
 
 
 # What a psycopg cursor that ran nothing yet says.
@@ -96,7 +96,7 @@ def _work_refused(why: str) -> Retry:
     return Retry((DisconnectedConnectionError, error, None))
 
 
-class AsyncReconnectingConnection(_RememberedSettings):
+class AsyncReconnectingConnection(RememberedSettings):
     """An asyncio connection that reconnects after ``await rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -213,7 +213,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
     async def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = await self._factory()
-        _note_standby_session(raw)
+        note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
                 try:
@@ -240,7 +240,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                 raise self._closed_error() from exc
             self._refusal = "Already disconnected"
             self._disconnects += 1
-            log.warning("Could not reconnect to the database: %s", _describe(exc))
+            log.warning("Could not reconnect to the database: %s", describe(exc))
             raise Retry((type(exc), exc, exc.__traceback__)) from exc
 
     async def _lost(self, raw: Any, exc: Exception) -> Retry:
@@ -248,7 +248,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
         if self._raw is raw:
             self._raw, self._refusal = None, "Already disconnected"
             self._disconnects += 1
-            log.warning("Database connection lost: %s", _describe(exc))
+            log.warning("Database connection lost: %s", describe(exc))
             await _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
@@ -260,10 +260,10 @@ class AsyncReconnectingConnection(_RememberedSettings):
             is_disconnection(exc, raw)
             and raw.autocommit
             and not self._blocks
-            and not _cannot_write(raw)
+            and not cannot_write(raw)
         )
         retry = await self._lost(raw, exc)
-        return _statement_in_doubt(exc) if unknown else retry
+        return statement_in_doubt(exc) if unknown else retry
 
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
@@ -294,7 +294,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                     result = await _closing_first(result, self, raw)
                 return result
             except Exception as exc:
-                if self._closed or not _is_outage(exc, raw):
+                if self._closed or not is_outage(exc, raw):
                     raise
                 if statement:
                     raise await self._statement_lost(raw, exc) from exc
@@ -336,7 +336,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                     except StopAsyncIteration:
                         return
                     except Exception as exc:
-                        if self._closed or not _is_outage(exc, raw):
+                        if self._closed or not is_outage(exc, raw):
                             raise
                         if hold:
                             raise await self._statement_lost(raw, exc) from exc
@@ -407,7 +407,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                 )
             await _closing_first(raw.commit(), self, raw, "commit")
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             try:
                 retry = await self._lost(raw, exc)
@@ -433,7 +433,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
         known = self._server
         ask_server = known is None or known[0] is not raw
         started = time.monotonic()
-        row = await _query_row(raw, _id_query(raw.info.server_version, ask_server))
+        row = await _query_row(raw, id_query(raw.info.server_version, ask_server))
         self._round_trip = time.monotonic() - started
         if ask_server or known is None:
             known = self._server = (raw, tuple(row[1:]))
@@ -446,7 +446,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._resolve_timeout
         # The last question asked before the deadline may still be on its way.
-        until = deadline + _CONNECT_GRACE + 10 * self._round_trip
+        until = deadline + CONNECT_GRACE + 10 * self._round_trip
         status, raw = await self._ask(transaction_id, server, deadline, until)
         await _close_quietly(raw)
         if status == "committed":
@@ -454,7 +454,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
             # caller's locks, temporary tables and LISTENs is gone: the
             # connection stays disconnected, so the next call says so.
             if self._raw is None and self._refusal is not None:
-                self._refusal = "Already disconnected" + _SESSION_REPLACED
+                self._refusal = "Already disconnected" + SESSION_REPLACED
                 self._untold = True
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
@@ -484,8 +484,8 @@ class AsyncReconnectingConnection(_RememberedSettings):
                 except TimeoutError:
                     return "no answer in time", None
                 except Exception as error:
-                    if not _is_outage(error, raw):
-                        return f"status query failed ({_describe(error)})", raw
+                    if not is_outage(error, raw):
+                        return f"status query failed ({describe(error)})", raw
                     await _close_quietly(raw)
                     raw, status = None, "unreachable"
                 left = deadline - loop.time()
@@ -527,11 +527,11 @@ class AsyncReconnectingConnection(_RememberedSettings):
         try:
             await _closing_first(raw.rollback(), self, raw, "rollback")
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             await self._lost(raw, exc)
             if self._raw is None and self._refusal is not None:
-                self._refusal = "Already disconnected" + _SESSION_LOST
+                self._refusal = "Already disconnected" + SESSION_LOST
                 self._untold = True
         except BaseException:
             if self._raw is None:
@@ -636,8 +636,8 @@ class AsyncReconnectingConnection(_RememberedSettings):
         server connection, with the contract."""
         if getattr(value, "__self__", None) is not raw:
             return value  # data, classes (db.Error), row factories
-        if name in _REFUSED:
-            return _refusal(raw, name)
+        if name in REFUSED_CALLS:
+            return refused_call(raw, name)
         if name == "notifies":  # an async generator talking to the server
             return lambda *args, **kwargs: self._iterate(
                 lambda raw: raw.notifies(*args, **kwargs), "notifies()", hold=False
@@ -664,7 +664,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
             raise DisconnectedConnectionError(
                 f"not connected yet: setting {name!r} needs a server connection"
             )
-        _check_setting(raw, name)
+        check_setting(raw, name)
         setattr(raw, name, value)  # a client-side setting: no round trip
         self._settings[name] = value
 
@@ -687,7 +687,7 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
                     getattr(self._raw_cursor, name)(*args, **kwargs), connection, raw
                 )
             except Exception as exc:
-                if connection._closed or not _is_outage(exc, raw):
+                if connection._closed or not is_outage(exc, raw):
                     raise
                 if statement:
                     raise await connection._statement_lost(raw, exc) from exc
@@ -809,7 +809,7 @@ class AsyncReconnectingCursor:
                 call = self._raw_cursor.execute(query, params)
             await _closing_first(call, connection, raw)
         except Exception as exc:
-            if connection._closed or not _is_outage(exc, raw):
+            if connection._closed or not is_outage(exc, raw):
                 raise
             raise await connection._statement_lost(raw, exc) from exc
         finally:
@@ -876,8 +876,8 @@ class AsyncReconnectingCursor:
         value = getattr(raw_cursor, name)
         if getattr(value, "__self__", None) is not raw_cursor:
             return value  # description, rowcount, statusmessage, ...
-        if name in _REFUSED:
-            return _refusal(self._raw_connection, name)
+        if name in REFUSED_CALLS:
+            return refused_call(self._raw_connection, name)
         if not inspect.iscoroutinefunction(value):
             return value  # nextset(), setinputsizes(): no round trip
         return lambda *args, **kwargs: self._run(name, args, kwargs)
@@ -892,12 +892,12 @@ class AsyncReconnectingCursor:
             self._settings[name] = value
 
 
-class _AsyncTransactionBlock(_TransactionBlock):
+class _AsyncTransactionBlock(TransactionBlock):
     """The sync block's rules, with ``async with``."""
 
     connection: AsyncReconnectingConnection  # type: ignore[assignment]
 
-    def __enter__(self) -> _TransactionBlock:
+    def __enter__(self) -> TransactionBlock:
         raise TypeError("use 'async with db.transaction():' on an asyncio connection")
 
     async def __aenter__(self) -> _AsyncTransactionBlock:
@@ -966,14 +966,7 @@ class AsyncAttempt(Attempt):
         if exc is None:
             return False
         await self._loop.db.rollback()
-        if not isinstance(exc, Retry):
-            return False
-        pause = self._loop.pause_after(self.number)
-        if pause is None:
-            return False  # out of tries or time: the last Retry goes on
-        self.error, self.pause = exc, pause
-        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
-        return True
+        return self._loop.retried(self, exc)
 
 
 async def attempts(
@@ -998,13 +991,8 @@ async def attempts(
     anything else is rolled back and goes on to the caller.  The pauses are
     ``await asyncio.sleep()``, so other tasks run meanwhile.
     """
-    if tries < 1:
-        raise ValueError(f"tries must be at least 1, not {tries!r}")
-    loop = _AttemptLoop(
-        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
-    )
-    for number in range(1, tries + 1):
-        attempt = AsyncAttempt(loop, number)
+    loop = AttemptLoop(db, tries, deadline, base_pause, max_pause, jitter, clock)
+    for attempt in loop.attempts(AsyncAttempt):
         yield attempt
         if attempt.pause is None:
             return  # it got through (or its error went to the caller)
@@ -1016,7 +1004,7 @@ async def attempts(
 
 async def _query_row(raw: Any, query: str) -> Any:
     """Run one of our own queries: rows as tuples, whatever the caller set."""
-    cursor = _plain_cursor(raw)
+    cursor = plain_cursor(raw)
     try:
         await cursor.execute(query)
         return await cursor.fetchone()
@@ -1028,8 +1016,8 @@ async def _transaction_status(
     raw: Any, transaction_id: str, server: tuple[Any, ...]
 ) -> str:
     """Ask the server what became of a transaction, by the sync module's rules."""
-    questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = _plain_cursor(raw)
+    questions = status_questions(raw.info.server_version, transaction_id, server)
+    cursor = plain_cursor(raw)
     try:
         question = next(questions)
         while True:

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "Attempt",
@@ -45,7 +45,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("reconnecting")
+# A library logs, the application decides where it goes: without this, an
+# application that configured no logging would see every outage warning on
+# stderr, through Python's handler of last resort.  It is here, not in the
+# package, so that a copy of this module alone is silent too.
+log.addHandler(logging.NullHandler())
 
+A = TypeVar("A", bound="Attempt")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -299,7 +305,7 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
 _STANDBY_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _note_standby_session(raw_connection: Any) -> None:
+def note_standby_session(raw_connection: Any) -> None:
     """Remember *raw_connection* if it was made to a hot standby."""
     if _in_hot_standby(raw_connection):
         try:
@@ -308,7 +314,7 @@ def _note_standby_session(raw_connection: Any) -> None:
             pass  # a driver connection that cannot be weakly referenced
 
 
-def _cannot_write(raw: Any) -> bool:
+def cannot_write(raw: Any) -> bool:
     """True if the server said the session is read-only, or a standby."""
     if _in_hot_standby(raw) or raw in _STANDBY_SESSIONS:
         return True
@@ -318,9 +324,9 @@ def _cannot_write(raw: Any) -> bool:
         return False  # not known: it may have written
 
 
-def _statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
+def statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
     """What a statement in autocommit mode that lost its connection raises."""
-    first_line = (_describe(exc).splitlines() or [""])[0]
+    first_line = (describe(exc).splitlines() or [""])[0]
     log.error("A statement in autocommit mode may have run: %s", first_line)
     return StatementOutcomeUnknown(
         "the connection was lost while a statement ran in autocommit mode,"
@@ -349,18 +355,18 @@ def _already_disconnected(why: str = "") -> Retry:
 
 
 # Why the connection is disconnected after a commit that was resolved.
-_SESSION_REPLACED = (
+SESSION_REPLACED = (
     ": the commit was confirmed over a new server session; the one that"
     " ran the transaction is gone, with its session state"
 )
 # Why, after a rollback() that found the server connection gone.
-_SESSION_LOST = (
+SESSION_LOST = (
     ": the server connection was lost before rollback(), and its session"
     " with it (locks, temporary tables, LISTEN, prepared statements)"
 )
 
 
-def _is_outage(exc: BaseException, raw: Any) -> bool:
+def is_outage(exc: BaseException, raw: Any) -> bool:
     """A disconnection, or a server session that is not the one we had."""
     if is_disconnection(exc, raw):
         return True
@@ -430,7 +436,7 @@ def _driver_of(thing: Any) -> Any | None:
 
 # Calls that would hand out a driver object talking to the server outside
 # the contract, and what to use instead.
-_REFUSED = {
+REFUSED_CALLS = {
     "pipeline": "use executemany(), which psycopg pipelines by itself",
     "copy": "use executemany(), or a driver connection of your own for COPY",
     "lobject": "use the server's lo_* functions through execute()",
@@ -464,7 +470,7 @@ def _session_values(
     return {name[len("set_") :]: value}
 
 
-def _check_setting(raw: Any, name: str) -> None:
+def check_setting(raw: Any, name: str) -> None:
     """Refuse a name that is not a setting of the driver's connection."""
     # psycopg 3 connections take any attribute; their settings are
     # properties or attributes of their own.
@@ -476,11 +482,11 @@ def _check_setting(raw: Any, name: str) -> None:
     raise AttributeError(f"'{kind}' object has no setting {name!r}")
 
 
-def _refusal(raw: Any, name: str) -> Callable[..., Any]:
+def refused_call(raw: Any, name: str) -> Callable[..., Any]:
     error_class = getattr(raw, "NotSupportedError", NotImplementedError)
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        message = f"{name}() would bypass reconnecting: {_REFUSED[name]}"
+        message = f"{name}() would bypass reconnecting: {REFUSED_CALLS[name]}"
         raise error_class(message)
 
     return refuse
@@ -488,7 +494,7 @@ def _refusal(raw: Any, name: str) -> Callable[..., Any]:
 
 def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
-    lost = "_lost" if name in _NOT_STATEMENTS else "_statement_lost"
+    lost = "_lost" if name in NOT_STATEMENTS else "_statement_lost"
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
@@ -501,7 +507,7 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
             result = getattr(raw_cursor, name)(*args, **kwargs)
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not _is_outage(exc, raw):
+            if connection._closed or not is_outage(exc, raw):
                 raise
             raise getattr(connection, lost)(raw, exc) from exc
         # psycopg 3's execute() returns its cursor: return ours instead.
@@ -523,7 +529,7 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
             return getattr(self._raw_cursor, name)()
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not _is_outage(exc, raw):
+            if connection._closed or not is_outage(exc, raw):
                 raise
             raise connection._lost(raw, exc) from exc
 
@@ -542,7 +548,7 @@ _NO_CONNECTION: Any = object()
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
 # Cursor methods that run no statement of the caller's: see _statement_lost.
-_NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
+NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
 # What a driver cursor that ran nothing yet says.
 _UNUSED_CURSOR = {
     "description": None,
@@ -619,7 +625,7 @@ class ReconnectingCursor:
             self._kept = None  # a new statement: the kept result is over
         result = self._connection._call(
             lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
-            statement=name not in _NOT_STATEMENTS,
+            statement=name not in NOT_STATEMENTS,
         )
         return self if result is self._raw_cursor and result is not None else result
 
@@ -669,8 +675,8 @@ class ReconnectingCursor:
         value = getattr(raw_cursor, name)
         if getattr(value, "__self__", None) is not raw_cursor:
             return value  # data, classes, row factories: as they are
-        if name in _REFUSED:
-            return _refusal(self._raw_connection, name)
+        if name in REFUSED_CALLS:
+            return refused_call(self._raw_connection, name)
         if name == "stream":  # psycopg 3: rows as they arrive
 
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -697,7 +703,7 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
-class _TransactionBlock:
+class TransactionBlock:
     """psycopg 3's ``transaction()`` block, made of the connection's own calls.
 
     The outermost block ends with the connection's ``commit()`` (so a lost
@@ -722,7 +728,7 @@ class _TransactionBlock:
         error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
         return error_class(f"{what}() is not allowed inside a transaction() block")
 
-    def __enter__(self) -> _TransactionBlock:
+    def __enter__(self) -> TransactionBlock:
         connection = self.connection
         raw = connection._connection()
         self._outer = not connection._blocks and raw.info.transaction_status == 0
@@ -770,7 +776,7 @@ class _TransactionBlock:
         return '"' + str(self.savepoint_name).replace('"', '""') + '"'
 
 
-class _RememberedSettings:
+class RememberedSettings:
     """The settings a connection applies to each new server connection,
     with those made while no driver connection could check them (the
     sync and asyncio connections share these rules)."""
@@ -798,11 +804,11 @@ class _RememberedSettings:
 
     def _refused(self, raw: Any, name: str, exc: BaseException) -> None:
         """The new server connection ``raw`` refused setting ``name``."""
-        if name in self._unchecked and not _is_outage(exc, raw):
+        if name in self._unchecked and not is_outage(exc, raw):
             self._forget_unchecked(name)
 
 
-class ReconnectingConnection(_RememberedSettings):
+class ReconnectingConnection(RememberedSettings):
     """A DB-API connection that reconnects after ``rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -845,7 +851,7 @@ class ReconnectingConnection(_RememberedSettings):
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
-        self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
+        self._blocks: list[TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
         # The disconnects count when a with block that is one transaction
         # began: an outage inside it means part of its work is lost.
@@ -940,7 +946,7 @@ class ReconnectingConnection(_RememberedSettings):
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = self._factory()
-        _note_standby_session(raw)
+        note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
                 try:
@@ -967,7 +973,7 @@ class ReconnectingConnection(_RememberedSettings):
                     raise self._closed_error() from exc
                 self._disconnected = True
                 self._disconnects += 1
-            log.warning("Could not reconnect to the database: %s", _describe(exc))
+            log.warning("Could not reconnect to the database: %s", describe(exc))
             raise Retry((type(exc), exc, exc.__traceback__)) from exc
 
     def _lost(self, raw: Any, exc: Exception) -> Retry:
@@ -977,7 +983,7 @@ class ReconnectingConnection(_RememberedSettings):
                 self._raw = None
                 self._disconnected = True
                 self._disconnects += 1
-                log.warning("Database connection lost: %s", _describe(exc))
+                log.warning("Database connection lost: %s", describe(exc))
                 _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
@@ -989,10 +995,10 @@ class ReconnectingConnection(_RememberedSettings):
             and raw.autocommit
             and self._entered is None
             and not self._blocks
-            and not _cannot_write(raw)
+            and not cannot_write(raw)
         )
         retry = self._lost(raw, exc)
-        return _statement_in_doubt(exc) if unknown else retry
+        return statement_in_doubt(exc) if unknown else retry
 
     def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
         """Run ``function(raw_connection)``, turning disconnections into Retry
@@ -1001,7 +1007,7 @@ class ReconnectingConnection(_RememberedSettings):
         try:
             return function(raw)
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1015,7 +1021,7 @@ class ReconnectingConnection(_RememberedSettings):
         try:
             yield from start(raw)
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1064,12 +1070,12 @@ class ReconnectingConnection(_RememberedSettings):
         try:
             raw.rollback()
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             self._lost(raw, exc)
             with self._lock:
                 if self._raw is None and self._disconnected:
-                    self._untold = _SESSION_LOST
+                    self._untold = SESSION_LOST
 
     def close(self) -> None:
         """Close for good; later use raises the driver's ``InterfaceError``.
@@ -1165,12 +1171,12 @@ class ReconnectingConnection(_RememberedSettings):
         server connection, with the contract."""
         if getattr(value, "__self__", None) is not raw:
             return value  # data, classes (db.Error), row and cursor factories
-        if name in _REFUSED:
-            return _refusal(raw, name)
+        if name in REFUSED_CALLS:
+            return refused_call(raw, name)
         if name in _SESSION_METHODS:
             return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
         if name == "transaction":  # psycopg 3: a block whose COMMIT is ours
-            return lambda *args, **kwargs: _TransactionBlock(self, *args, **kwargs)
+            return lambda *args, **kwargs: TransactionBlock(self, *args, **kwargs)
         if name == "execute":  # psycopg 3: a cursor of ours, not the driver's
             return lambda *args, **kwargs: self.cursor().execute(*args, **kwargs)
         if name == "notifies":  # psycopg 3: a generator talking to the server
@@ -1192,12 +1198,12 @@ class ReconnectingConnection(_RememberedSettings):
             if self._last_raw is None:
                 raw = self._connection()  # first use: the driver must check it
         if raw is not None:
-            _check_setting(raw, name)
+            check_setting(raw, name)
             self._call(lambda raw: setattr(raw, name, value))
             self._settings[name] = getattr(raw, name)  # as the driver reads it
             return
         raw = self._last_raw
-        _check_setting(raw, name)
+        check_setting(raw, name)
         try:
             setattr(raw, name, value)  # a closed connection still says no
         except AttributeError:
@@ -1257,7 +1263,7 @@ class ReconnectingConnection(_RememberedSettings):
                 kept = _keep_results(self._cursors, raw)
             raw.commit()
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if self._closed or not is_outage(exc, raw):
                 raise
             retry = self._lost(raw, exc)
             if written is None:
@@ -1276,9 +1282,9 @@ class ReconnectingConnection(_RememberedSettings):
         known = self._server
         ask_server = known is None or known[0] is not raw
         started = time.monotonic()
-        cursor = _plain_cursor(raw)
+        cursor = plain_cursor(raw)
         try:
-            cursor.execute(_id_query(raw.info.server_version, ask_server))
+            cursor.execute(id_query(raw.info.server_version, ask_server))
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -1294,7 +1300,7 @@ class ReconnectingConnection(_RememberedSettings):
         deadline = time.monotonic() + self._resolve_timeout
         asking = _Asking(self._open, transaction_id, server, deadline)
         # The last question asked before the deadline may still be on its way.
-        grace = _CONNECT_GRACE + 10 * self._round_trip
+        grace = CONNECT_GRACE + 10 * self._round_trip
         status, raw = asking.answer(deadline + grace)
         if raw is not None:
             _close_quietly(raw)
@@ -1304,7 +1310,7 @@ class ReconnectingConnection(_RememberedSettings):
             # connection stays disconnected, so the next call says so.
             with self._lock:
                 if self._raw is None and self._disconnected:
-                    self._untold = _SESSION_REPLACED
+                    self._untold = SESSION_REPLACED
             log.info("Commit of transaction %s confirmed", transaction_id)
             return
         if status == "aborted":
@@ -1318,7 +1324,7 @@ def _commit(raw: Any) -> None:
     raw.commit()
 
 
-def _plain_cursor(raw: Any) -> Any:
+def plain_cursor(raw: Any) -> Any:
     """A cursor for our own questions: rows as tuples, whatever the caller set."""
     if _is_psycopg3(raw):
         return raw.cursor(row_factory=_tuple_row)
@@ -1395,7 +1401,7 @@ def _keep_results(
 # A new connection and one question take a few round trips and a server
 # process start; _resolve() waits this much plus ten measured round trips
 # after the deadline for the question asked last.
-_CONNECT_GRACE = 0.5
+CONNECT_GRACE = 0.5
 
 
 class _Asking:
@@ -1438,8 +1444,8 @@ class _Asking:
                 raw = raw or connect()
                 status = _transaction_status(raw, transaction_id, server)
             except Exception as error:
-                if not _is_outage(error, raw):
-                    status = f"status query failed ({_describe(error)})"
+                if not is_outage(error, raw):
+                    status = f"status query failed ({describe(error)})"
                     break
                 if raw is not None:
                     _close_quietly(raw)
@@ -1472,14 +1478,14 @@ class _Asking:
 
 # Which server assigned a transaction id, and since when: an id means
 # nothing on another cluster (the next host of a multi-host DSN), and after
-# a restart it may have been handed out again (see _status_questions).
+# a restart it may have been handed out again (see status_questions).
 _SERVER = (
     "(SELECT system_identifier FROM pg_control_system())::text,"
     " pg_postmaster_start_time()::text"
 )
 
 
-def _id_query(server_version: int, ask_server: bool) -> str:
+def id_query(server_version: int, ask_server: bool) -> str:
     """The query for the open transaction's id (and the server's identity)."""
     current = (
         "pg_current_xact_id_if_assigned()"
@@ -1489,7 +1495,7 @@ def _id_query(server_version: int, ask_server: bool) -> str:
     return f"SELECT {current}::text" + (", " + _SERVER) * ask_server
 
 
-def _status_questions(
+def status_questions(
     server_version: int, transaction_id: str, server: tuple[Any, ...]
 ) -> Generator[tuple[str, tuple[()]], Any, str]:
     """The rules for what became of a transaction, as questions to the server.
@@ -1531,8 +1537,8 @@ def _status_questions(
 
 def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
     """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
-    questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = _plain_cursor(raw)
+    questions = status_questions(raw.info.server_version, transaction_id, server)
+    cursor = plain_cursor(raw)
     try:
         question = next(questions)
         while True:
@@ -1550,7 +1556,7 @@ def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) 
         raw.rollback()
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip()}"
 
 
@@ -1574,7 +1580,7 @@ class Attempt:
     connection back, and goes on to the caller.
     """
 
-    def __init__(self, loop: _AttemptLoop, number: int) -> None:
+    def __init__(self, loop: AttemptLoop, number: int) -> None:
         self._loop = loop
         #: 1 for the first attempt, 2 for the second, ...
         self.number = number
@@ -1598,30 +1604,29 @@ class Attempt:
         if exc is None:
             return False
         self._loop.db.rollback()
-        if not isinstance(exc, Retry):
-            return False
-        pause = self._loop.pause_after(self.number)
-        if pause is None:
-            return False  # out of tries or time: the last Retry goes on
-        self.error, self.pause = exc, pause
-        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
-        return True
+        return self._loop.retried(self, exc)
 
 
-class _AttemptLoop:
+class AttemptLoop:
+    """The pacing of :func:`attempts`, sync and asyncio alike (a building
+    block of the shells): how many tries, until when, and the pause after
+    each failed one.  The shells only roll back and sleep."""
+
     def __init__(
         self,
         db: Any,
         tries: int,
-        give_up_at: float,
+        deadline: float,
         base_pause: float,
         max_pause: float,
         jitter: Callable[[], float],
         clock: Callable[[], float],
     ) -> None:
+        if tries < 1:
+            raise ValueError(f"tries must be at least 1, not {tries!r}")
         self.db = db
         self.tries = tries
-        self.give_up_at = give_up_at
+        self.give_up_at = clock() + deadline
         self.base_pause = base_pause
         self.max_pause = max_pause
         self.jitter = jitter
@@ -1638,6 +1643,24 @@ class _AttemptLoop:
         if self.clock() + pause > self.give_up_at:
             return None  # no attempt starts after the deadline
         return pause
+
+    def retried(self, attempt: Attempt, exc: BaseException) -> bool:
+        """Whether ``attempt``, rolled back after ``exc``, is retried: a
+        :class:`Retry` with tries and time left.  Its pause is recorded."""
+        if not isinstance(exc, Retry):
+            return False
+        pause = self.pause_after(attempt.number)
+        if pause is None:
+            return False  # out of tries or time: the last Retry goes on
+        attempt.error, attempt.pause = exc, pause
+        log.debug("Attempt %d interrupted; next in %.3f s", attempt.number, pause)
+        return True
+
+    def attempts(self, attempt_class: Callable[[AttemptLoop, int], A]) -> Iterator[A]:
+        """Attempts 1, 2, ...: after each, the caller stops if its ``pause``
+        is None (it got through, or its error went on), else sleeps that long."""
+        for number in range(1, self.tries + 1):
+            yield attempt_class(self, number)
 
 
 def attempts(
@@ -1678,13 +1701,8 @@ def attempts(
     ``sleep``, ``jitter`` (a number from 0 to 1) and ``clock`` are there
     for tests; each :class:`Attempt` records its ``pause``.
     """
-    if tries < 1:
-        raise ValueError(f"tries must be at least 1, not {tries!r}")
-    loop = _AttemptLoop(
-        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
-    )
-    for number in range(1, tries + 1):
-        attempt = Attempt(loop, number)
+    loop = AttemptLoop(db, tries, deadline, base_pause, max_pause, jitter, clock)
+    for attempt in loop.attempts(Attempt):
         yield attempt
         if attempt.pause is None:
             return  # it got through (or its error went to the caller)
