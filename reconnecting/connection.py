@@ -19,6 +19,7 @@ can be copied into a project on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -52,6 +53,7 @@ log = logging.getLogger("reconnecting")
 log.addHandler(logging.NullHandler())
 
 A = TypeVar("A", bound="Attempt")
+T = TypeVar("T")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -253,14 +255,20 @@ def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
     )
 
 
-def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
+def is_disconnection(
+    exc: BaseException, raw_connection: Any | None, standby_session: bool = False
+) -> bool:
     """Tell whether ``exc`` means the server connection is lost.
 
     ``raw_connection`` is the driver connection the error came from, or
     ``None`` when the error came from the connection factory.  The rules run
     from structure to text: the driver's own verdict on the connection, the
     exception's class, the SQLSTATE and the severity, and only when there is
-    no SQLSTATE, the message.
+    no SQLSTATE, the message.  ``standby_session`` says that
+    ``raw_connection`` was made to a hot standby: a transaction begun before
+    a promotion stays read-only after it, while the server already reports
+    itself a primary, and its read-only error is still the standby's.
+    The answer depends on the arguments only.
     """
     if not isinstance(exc, Exception):
         return False
@@ -290,33 +298,17 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
         return True
     if _ends_session(exc):
         return True
-    if sqlstate == "25006" and (
-        _in_hot_standby(raw_connection) or raw_connection in _STANDBY_SESSIONS
-    ):
+    if sqlstate == "25006" and (standby_session or _in_hot_standby(raw_connection)):
         return True  # a standby, not the primary we need: find one
     if sqlstate is not None:
         return False
     return _says(exc, DISCONNECT_MESSAGES)
 
 
-# Driver connections that were made to a hot standby.  A transaction begun
-# before a promotion stays read-only after it, while the server already
-# reports in_hot_standby off: its read-only error is still the standby's.
-_STANDBY_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def note_standby_session(raw_connection: Any) -> None:
-    """Remember *raw_connection* if it was made to a hot standby."""
-    if _in_hot_standby(raw_connection):
-        try:
-            _STANDBY_SESSIONS.add(raw_connection)
-        except TypeError:
-            pass  # a driver connection that cannot be weakly referenced
-
-
-def cannot_write(raw: Any) -> bool:
-    """True if the server said the session is read-only, or a standby."""
-    if _in_hot_standby(raw) or raw in _STANDBY_SESSIONS:
+def cannot_write(raw: Any, standby_session: bool = False) -> bool:
+    """True if the server said the session is read-only, or a standby
+    (``standby_session``: ``raw`` was made to one)."""
+    if standby_session or _in_hot_standby(raw):
         return True
     try:
         return bool(raw.info.parameter_status("default_transaction_read_only") == "on")
@@ -349,8 +341,12 @@ def _in_hot_standby(raw_connection: Any) -> bool:
         return False  # a closed connection may refuse to tell
 
 
-def _already_disconnected(why: str = "") -> Retry:
-    error = DisconnectedConnectionError("Already disconnected" + why)
+ALREADY_DISCONNECTED = "Already disconnected"
+
+
+def refused_work(why: str = ALREADY_DISCONNECTED) -> Retry:
+    """The :class:`Retry` a disconnected connection raises, saying ``why``."""
+    error = DisconnectedConnectionError(why)
     return Retry((DisconnectedConnectionError, error, None))
 
 
@@ -366,9 +362,9 @@ SESSION_LOST = (
 )
 
 
-def is_outage(exc: BaseException, raw: Any) -> bool:
+def is_outage(exc: BaseException, raw: Any, standby_session: bool = False) -> bool:
     """A disconnection, or a server session that is not the one we had."""
-    if is_disconnection(exc, raw):
+    if is_disconnection(exc, raw, standby_session):
         return True
     # psycopg 3 prepares frequent statements itself, as "_pg3_0", "_pg3_1"...
     # Being told that one of them does not exist (26000) means the session
@@ -507,7 +503,7 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
             result = getattr(raw_cursor, name)(*args, **kwargs)
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not is_outage(exc, raw):
+            if not connection._outage(exc, raw):
                 raise
             raise getattr(connection, lost)(raw, exc) from exc
         # psycopg 3's execute() returns its cursor: return ours instead.
@@ -529,7 +525,7 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
             return getattr(self._raw_cursor, name)()
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not is_outage(exc, raw):
+            if not connection._outage(exc, raw):
                 raise
             raise connection._lost(raw, exc) from exc
 
@@ -723,22 +719,60 @@ class TransactionBlock:
         self.force_rollback = force_rollback
         self._outer = False
 
+    # Whether an error other than Retry leaves a block that an outage left
+    # disconnected without rolling back (asyncio), or rolls back, leaving
+    # the disconnected state (sync, as its tests and pages show).
+    KEEPS_OUTAGE = False
+
     def misuse(self, what: str) -> Exception:
         raw = self.connection._last_raw
         error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
         return error_class(f"{what}() is not allowed inside a transaction() block")
 
-    def __enter__(self) -> TransactionBlock:
-        connection = self.connection
-        raw = connection._connection()
-        self._outer = not connection._blocks and raw.info.transaction_status == 0
+    def _opening(self, raw: Any) -> str | None:
+        """Entering on ``raw``: the statement that opens the block, if any."""
+        blocks = self.connection._blocks
+        self._outer = not blocks and raw.info.transaction_status == 0
         if not self._outer:
-            depth = len(connection._blocks) + 1
+            depth = len(blocks) + 1
             self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
-            self._own(f"SAVEPOINT {self._quoted()}")
-        elif raw.autocommit:
-            self._own("BEGIN")
-        connection._blocks.append(self)
+            return f"SAVEPOINT {self._quoted()}"
+        return "BEGIN" if raw.autocommit else None
+
+    def _closing(self, exc: object) -> tuple[str, ...]:
+        """Leaving with ``exc``: what ends the block, in order, either the
+        connection's ``commit`` or ``rollback`` (the outermost block) or
+        statements (savepoints).  Nothing after :class:`Retry` (the caller
+        rolls back, as always), nor, on asyncio, after another error when
+        an outage in the block left the connection disconnected.  Left
+        quietly after an outage, the commit says Retry: never a commit of
+        what came after it, never a silent end."""
+        self.connection._blocks.remove(self)
+        if isinstance(exc, Retry):
+            return ()
+        lost = self.connection._refusal is not None
+        if exc is not None and lost and self.KEEPS_OUTAGE:
+            return ()
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                return ("commit",)
+            return (f"RELEASE SAVEPOINT {self._quoted()}",)
+        if self._outer:
+            return ("rollback",)
+        savepoint = self._quoted()
+        return (f"ROLLBACK TO SAVEPOINT {savepoint}", f"RELEASE SAVEPOINT {savepoint}")
+
+    def _swallows(self, exc: object) -> bool:
+        """psycopg.Rollback ends this block quietly, or the one it names."""
+        return type(exc).__name__ == "Rollback" and (
+            getattr(exc, "transaction", None) in (None, self)
+        )
+
+    def __enter__(self) -> TransactionBlock:
+        opening = self._opening(self.connection._connection())
+        if opening is not None:
+            self._own(opening)
+        self.connection._blocks.append(self)
         return self
 
     def _own(self, statement: str) -> Any:
@@ -746,31 +780,13 @@ class TransactionBlock:
         connection is Retry, never a statement in doubt."""
         return self.connection._call(lambda raw: raw.execute(statement))
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        connection = self.connection
-        connection._blocks.remove(self)
-        if isinstance(exc, Retry):
-            return False
-        if exc is None and not self.force_rollback:
-            if self._outer:
-                connection.commit()
+    def __exit__(self, *exc_info: object) -> bool:
+        for step in self._closing(exc_info[1]):
+            if step in ("commit", "rollback"):
+                getattr(self.connection, step)()
             else:
-                self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-            return False
-        if self._outer:
-            connection.rollback()
-        else:
-            self._own(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
-            self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-        # psycopg.Rollback ends this block quietly, or the one it names.
-        if type(exc).__name__ == "Rollback":
-            return getattr(exc, "transaction", None) in (None, self)
-        return False
+                self._own(step)
+        return self._swallows(exc_info[1])
 
     def _quoted(self) -> str:
         return '"' + str(self.savepoint_name).replace('"', '""') + '"'
@@ -802,13 +818,301 @@ class RememberedSettings:
         else:
             self._settings[name] = previous
 
-    def _refused(self, raw: Any, name: str, exc: BaseException) -> None:
-        """The new server connection ``raw`` refused setting ``name``."""
-        if name in self._unchecked and not is_outage(exc, raw):
-            self._forget_unchecked(name)
+    @contextlib.contextmanager
+    def _setting(self, raw: Any, name: str) -> Iterator[None]:
+        """Around setting ``name`` on ``raw``, a new server connection: a
+        refused value that was set while disconnected is forgotten."""
+        try:
+            yield
+        except Exception as exc:
+            if name in self._unchecked and not is_outage(exc, raw):
+                self._forget_unchecked(name)
+            raise
 
 
-class ReconnectingConnection(RememberedSettings):
+class ConnectionState(RememberedSettings):
+    """The core of a reconnecting connection, shared by the sync shell
+    (:class:`ReconnectingConnection`) and the asyncio one
+    (``reconnecting.aio``): its state, the rules of its changes, its
+    counters, the settings memory and what a resolved commit means.
+    Nothing here talks to the server or waits: the shells connect, send,
+    wait, sleep and close, and tell this what happened.
+
+    The states: not connected (no server connection yet), connected
+    (``_raw``), disconnected (``_refusal`` says why work is refused until
+    ``rollback()``) and closed.
+    """
+
+    _blocks: list[Any]  # the transaction() blocks open, innermost last
+    _entered: Any | None = None  # psycopg2 connection in a with block (sync)
+
+    def __init__(
+        self, connection_factory: Any, resolve_commit: bool, resolve_timeout: float
+    ) -> None:
+        self._factory = connection_factory
+        self._resolve_commit = resolve_commit
+        self._resolve_timeout = resolve_timeout
+        self._raw: Any | None = None  # None unless connected
+        self._last_raw: Any | None = None
+        self._standby: Any | None = None  # _raw, if it was made to a hot standby
+        # Why work is refused until rollback(); None unless disconnected.
+        self._refusal: str | None = None
+        # The refusal tells a loss of the server session that the caller was
+        # not told of yet: rollback() keeps it until a call has said it.
+        self._untold = False
+        self._closed = False
+        self._settings: dict[str, Any] = {}
+        # Settings made with no driver connection to check them, and the
+        # values they replaced (see _remember_unchecked).
+        self._unchecked: dict[str, Any] = {}
+        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
+        self._round_trip = 0.0  # seconds, measured before the last COMMIT
+        self._disconnects = 0
+        self._reconnects = 0
+
+    @property
+    def disconnects(self) -> int:
+        """How many times a lost server connection was noticed."""
+        return self._disconnects
+
+    @property
+    def reconnects(self) -> int:
+        """How many server connections were made after the first one."""
+        return self._reconnects
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._refusal is not None:
+            return "disconnected"
+        return "connected" if self._raw is not None else "not connected"
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} {self._state()} at {id(self):#x}>"
+
+    def _driver(self) -> Any | None:
+        """What holds the driver's exception classes (each shell knows)."""
+        return self._last_raw
+
+    def _closed_error(self, what: str = "connection") -> Exception:
+        # Behave like a closed driver connection: PEP 249's optional
+        # Connection.InterfaceError names the driver's class.
+        error_class = getattr(self._driver(), "InterfaceError", None)
+        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
+            error_class = DisconnectedConnectionError
+        return error_class(f"{what} already closed")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._set_setting(name, value)
+
+    def _set_setting(self, name: str, value: Any) -> None:
+        """Set the driver's setting ``name`` (each shell knows how)."""
+        raise NotImplementedError
+
+    def _expose(self, raw: Any, name: str, value: Any) -> Any:
+        """Return ``value``, read from ``raw``; its methods run on the current
+        server connection, with the contract."""
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data, classes (db.Error), row and cursor factories
+        if name in REFUSED_CALLS:
+            return refused_call(raw, name)
+        method = self._method(name, value)
+        if method is not None:
+            return method
+        return lambda *args, **kwargs: self._call(
+            lambda raw: getattr(raw, name)(*args, **kwargs)
+        )
+
+    def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
+        """A method of the driver's connection that a shell makes otherwise
+        than by running it on the current server connection, or None."""
+        return None
+
+    def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
+        raise NotImplementedError  # each shell's, sync or awaited
+
+    def _outage(self, exc: Exception, raw: Any) -> bool:
+        """Whether ``exc``, raised by ``raw`` while open, is an outage."""
+        return not self._closed and is_outage(exc, raw, raw is self._standby)
+
+    def _refuse_work(self) -> Retry:
+        """Disconnected: the Retry a call raises; a loss it tells is told now."""
+        self._untold = False
+        return refused_work(self._refusal or ALREADY_DISCONNECTED)
+
+    def _installed(self, raw: Any) -> None:
+        """``raw`` is the current server connection from now on."""
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._raw = self._last_raw = raw
+        self._unchecked.clear()  # raw accepted them all
+        self._standby = raw if _in_hot_standby(raw) else None
+        self._refusal, self._untold = None, False
+
+    def _connect_failed(self, exc: Exception) -> Retry:
+        """The factory failed with a disconnection: refuse work until rollback()."""
+        if self._closed:  # closed meanwhile: say that instead
+            raise self._closed_error() from exc
+        self._refusal = ALREADY_DISCONNECTED
+        self._disconnects += 1
+        log.warning("Could not reconnect to the database: %s", describe(exc))
+        return Retry((type(exc), exc, exc.__traceback__))
+
+    def _dropped(self, raw: Any, exc: Exception) -> bool:
+        """``raw`` failed with an outage: if it is still the current server
+        connection, enter the disconnected state and return True (the shell
+        then closes ``raw``)."""
+        if self._raw is not raw:
+            return False
+        self._raw, self._refusal = None, ALREADY_DISCONNECTED
+        self._disconnects += 1
+        log.warning("Database connection lost: %s", describe(exc))
+        return True
+
+    def _may_have_committed(self, raw: Any, exc: Exception) -> bool:
+        """A statement of the caller's lost ``raw``: whether it may have
+        committed (autocommit, outside any block, on a session that could
+        write), so that it is not safe to redo."""
+        standby = raw is self._standby
+        return (
+            is_disconnection(exc, raw, standby)
+            and raw.autocommit
+            and self._entered is None
+            and not self._blocks
+            and not cannot_write(raw, standby)
+        )
+
+    def _to_roll_back(self) -> Any | None:
+        """rollback(): the server connection to roll back, if any.  While
+        disconnected, it leaves the state, unless that tells a loss the
+        caller was not told of yet."""
+        if self._closed:
+            raise self._closed_error()
+        if self._refusal is not None:
+            if not self._untold:
+                self._refusal = None
+            return None
+        return self._raw
+
+    def _session_gone(self, why: str) -> None:
+        """The server session is gone and the caller was not told: the next
+        call says ``why``, and rollback() does not leave the state before."""
+        if self._raw is None and self._refusal is not None:
+            self._refusal = ALREADY_DISCONNECTED + why
+            self._untold = True
+
+    def _written(self, raw: Any) -> Generator[Question, Any, Written | None]:
+        """The open transaction's id and server, if it wrote anything: yields
+        the query to ask on ``raw`` and is sent the first row of its answer."""
+        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+        if raw.info.transaction_status in (0, 3):
+            return None
+        # The server's identity is asked once per server connection, with
+        # the first id: reading it (pg_control_system) costs a file read.
+        known = self._server
+        ask_server = known is None or known[0] is not raw
+        started = time.monotonic()
+        row = yield id_query(raw.info.server_version, ask_server), ()
+        self._round_trip = time.monotonic() - started
+        if ask_server or known is None:
+            known = self._server = (raw, tuple(row[1:]))
+        return None if row[0] is None else (row[0], known[1])
+
+    def _resolution(self, written: Written, clock: Callable[[], float]) -> Resolution:
+        """The decisions for resolving the interrupted commit of ``written``."""
+        return Resolution(*written, self._resolve_timeout, self._round_trip, clock)
+
+    def _resolved(
+        self, transaction_id: str, status: str, retry: Retry, exc: Exception
+    ) -> None:
+        """Act on what became of an interrupted commit; see ``commit()``."""
+        if status == "committed":
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            self._session_gone(SESSION_REPLACED)
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
+        if status == "aborted":
+            log.info("Transaction %s was rolled back; retrying", transaction_id)
+            raise retry from exc
+        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
+        raise CommitOutcomeUnknown(transaction_id, status) from exc
+
+
+# A question of the core to the server: a query and its (empty) parameters.
+Question = tuple[str, tuple[()]]
+# What a transaction that wrote is known by: its id, and the identity of
+# the server that gave it (see _SERVER).
+Written = tuple[str, tuple[Any, ...]]
+
+# A new connection and one question take a few round trips and a server
+# process start; a resolution waits this much plus ten measured round trips
+# after its deadline for the question asked last.
+CONNECT_GRACE = 0.5
+
+
+class Resolution:
+    """The decisions of resolving an interrupted commit, for either shell.
+
+    The shell connects and asks (:func:`status_questions`) until this says
+    to stop, sleeping the pauses it says, and closes what it made; ``status``
+    is then 'committed', 'aborted', or why nobody could tell.  The server is
+    asked at least once, and again while it cannot be reached or the
+    transaction is in progress, until ``deadline``; an answer is awaited
+    until ``until``, as the last question may still be on its way.
+    """
+
+    def __init__(
+        self,
+        transaction_id: str,
+        server: tuple[Any, ...],
+        timeout: float,
+        round_trip: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.transaction_id = transaction_id
+        self.server = server
+        self.deadline = clock() + timeout
+        self.until = self.deadline + CONNECT_GRACE + 10 * round_trip
+        self.status = "unreachable"
+        self._clock = clock
+        self._pause = 0.01
+
+    def questions(self, server_version: int) -> Generator[Question, Any, str]:
+        """The questions to ask a server connection of ``server_version``."""
+        return status_questions(server_version, self.transaction_id, self.server)
+
+    def failed(self, error: Exception, raw: Any) -> bool:
+        """Asking over ``raw`` (None: connecting) failed: True if it was an
+        outage, after which the shell closes ``raw`` and asks again anew."""
+        if is_outage(error, raw):
+            self.status = "unreachable"
+            return True
+        self.status = f"status query failed ({describe(error)})"
+        return False
+
+    def pause(self) -> float | None:
+        """Seconds to wait before asking again, or None: ``status`` is final."""
+        left = self.deadline - self._clock()
+        if self.status not in ("in progress", "unreachable") or left <= 0:
+            return None
+        pause = min(self._pause, left)  # back off between questions
+        self._pause = min(self._pause * 2, 0.5)
+        return pause
+
+
+class ReconnectingConnection(ConnectionState):
     """A DB-API connection that reconnects after ``rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -832,61 +1136,15 @@ class ReconnectingConnection(RememberedSettings):
         resolve_commit: bool = False,
         resolve_timeout: float = 10.0,
     ) -> None:
-        self._factory = connection_factory
-        self._resolve_commit = resolve_commit
-        self._resolve_timeout = resolve_timeout
-        self._raw: Any | None = None  # None unless connected
-        self._last_raw: Any | None = None
+        super().__init__(connection_factory, resolve_commit, resolve_timeout)
         self._driver_module: Any | None = None  # see _driver()
-        self._disconnected = False
-        # Why the server session was lost, while the caller was not told
-        # yet: the next call raises Retry saying it, and until then
-        # rollback() does not leave the disconnected state.
-        self._untold = ""
-        self._closed = False
-        self._settings: dict[str, Any] = {}
-        # Settings made with no driver connection to check them, and the
-        # values they replaced (see _remember_unchecked).
-        self._unchecked: dict[str, Any] = {}
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
-        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
-        self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._blocks: list[TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
         # The disconnects count when a with block that is one transaction
         # began: an outage inside it means part of its work is lost.
         self._block_began: int | None = None
         self._lock = threading.RLock()
-        self._disconnects = 0
-        self._reconnects = 0
-
-    # -- state ---------------------------------------------------------------
-
-    @property
-    def disconnects(self) -> int:
-        """How many times a lost server connection was noticed."""
-        return self._disconnects
-
-    @property
-    def reconnects(self) -> int:
-        """How many server connections were made after a disconnection."""
-        return self._reconnects
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def _state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._disconnected:
-            return "disconnected"
-        return "connected" if self._raw is not None else "not connected"
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} {self._state()} at {id(self):#x}>"
 
     def _driver(self) -> Any | None:
         """The holder of the driver's exception classes, found without
@@ -897,14 +1155,6 @@ class ReconnectingConnection(RememberedSettings):
             self._driver_module = _driver_of(self._factory)
         return self._driver_module
 
-    def _closed_error(self, what: str = "connection") -> Exception:
-        # Behave like a closed driver connection: PEP 249's optional
-        # Connection.InterfaceError names the driver's class.
-        error_class = getattr(self._driver(), "InterfaceError", None)
-        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
-            error_class = DisconnectedConnectionError
-        return error_class(f"{what} already closed")
-
     def _connection(self) -> Any:
         """Return the current server connection, making one if needed."""
         raw = self._raw
@@ -913,15 +1163,14 @@ class ReconnectingConnection(RememberedSettings):
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            if self._disconnected:
-                why, self._untold = self._untold, ""  # told now
-                raise _already_disconnected(why)
+            if self._refusal is not None:
+                raise self._refuse_work()
             if self._raw is not None:
                 return self._raw
         # Connect outside the lock, so that close() never waits for it.
         raw = self._connect()
         with self._lock:
-            if self._raw is None and not self._disconnected and not self._closed:
+            if self._raw is None and self._refusal is None and not self._closed:
                 self._install(raw)
                 return raw
             current, closed = self._raw, self._closed
@@ -934,30 +1183,21 @@ class ReconnectingConnection(RememberedSettings):
 
     def _install(self, raw: Any) -> None:
         """Make ``raw`` the current server connection (the lock is held)."""
-        if self._last_raw is not None:
-            self._reconnects += 1
-            log.info("Reconnected to the database")
         if self._entered is not None:
             raw.__enter__()  # the rest of a psycopg2 with block: one transaction
             self._entered = raw
-        self._raw, self._last_raw = raw, raw
-        self._disconnected, self._untold = False, ""
+        self._installed(raw)
 
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = self._factory()
-        note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
-                try:
+                with self._setting(raw, name):
                     setattr(raw, name, value)
-                except Exception as exc:
-                    self._refused(raw, name, exc)
-                    raise
         except BaseException:
             _close_quietly(raw)
             raise
-        self._unchecked.clear()  # all accepted
         return raw
 
     def _connect(self) -> Any:
@@ -969,34 +1209,20 @@ class ReconnectingConnection(RememberedSettings):
             if not is_disconnection(exc, None):
                 raise
             with self._lock:
-                if self._closed:
-                    raise self._closed_error() from exc
-                self._disconnected = True
-                self._disconnects += 1
-            log.warning("Could not reconnect to the database: %s", describe(exc))
-            raise Retry((type(exc), exc, exc.__traceback__)) from exc
+                retry = self._connect_failed(exc)
+            raise retry from exc
 
     def _lost(self, raw: Any, exc: Exception) -> Retry:
         """Enter the disconnected state if ``raw`` is still the current one."""
         with self._lock:
-            if self._raw is raw:
-                self._raw = None
-                self._disconnected = True
-                self._disconnects += 1
-                log.warning("Database connection lost: %s", describe(exc))
+            if self._dropped(raw, exc):
                 _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
     def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
         """``_lost()``, for a statement of the caller's that was running: in
         autocommit mode it may have committed, unless it could not write."""
-        unknown = (
-            is_disconnection(exc, raw)
-            and raw.autocommit
-            and self._entered is None
-            and not self._blocks
-            and not cannot_write(raw)
-        )
+        unknown = self._may_have_committed(raw, exc)
         retry = self._lost(raw, exc)
         return statement_in_doubt(exc) if unknown else retry
 
@@ -1007,7 +1233,7 @@ class ReconnectingConnection(RememberedSettings):
         try:
             return function(raw)
         except Exception as exc:
-            if self._closed or not is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1021,7 +1247,7 @@ class ReconnectingConnection(RememberedSettings):
         try:
             yield from start(raw)
         except Exception as exc:
-            if self._closed or not is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1059,23 +1285,17 @@ class ReconnectingConnection(RememberedSettings):
         if self._blocks:  # as psycopg: the block's end rolls back
             raise self._blocks[-1].misuse("rollback")
         with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            if self._disconnected:
-                self._disconnected = bool(self._untold)  # told: leave it
-                return
-            raw = self._raw
+            raw = self._to_roll_back()
         if raw is None:
             return
         try:
             raw.rollback()
         except Exception as exc:
-            if self._closed or not is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             self._lost(raw, exc)
             with self._lock:
-                if self._raw is None and self._disconnected:
-                    self._untold = SESSION_LOST
+                self._session_gone(SESSION_LOST)
 
     def close(self) -> None:
         """Close for good; later use raises the driver's ``InterfaceError``.
@@ -1159,20 +1379,14 @@ class ReconnectingConnection(RememberedSettings):
             except AttributeError:
                 raise
             except Exception as exc:
-                raise _already_disconnected() from exc
+                raise refused_work() from exc
         try:  # the hot path: the connected driver's data, read as it is
             value = getattr(raw, name)
         except Exception:
             value = self._call(lambda raw: getattr(raw, name))  # or Retry
         return self._expose(raw, name, value)
 
-    def _expose(self, raw: Any, name: str, value: Any) -> Any:
-        """Return ``value``, read from ``raw``; its methods run on the current
-        server connection, with the contract."""
-        if getattr(value, "__self__", None) is not raw:
-            return value  # data, classes (db.Error), row and cursor factories
-        if name in REFUSED_CALLS:
-            return refused_call(raw, name)
+    def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
         if name in _SESSION_METHODS:
             return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
         if name == "transaction":  # psycopg 3: a block whose COMMIT is ours
@@ -1183,14 +1397,9 @@ class ReconnectingConnection(RememberedSettings):
             return lambda *args, **kwargs: self._iterate(
                 lambda raw: raw.notifies(*args, **kwargs)
             )
-        return lambda *args, **kwargs: self._call(
-            lambda raw: getattr(raw, name)(*args, **kwargs)
-        )
+        return None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
+    def _set_setting(self, name: str, value: Any) -> None:
         raw = self._raw
         if raw is None:
             if self._closed:
@@ -1248,7 +1457,7 @@ class ReconnectingConnection(RememberedSettings):
         measured just before ``COMMIT``), and the server is asked at least
         once.
         """
-        if self._raw is None and not self._disconnected and not self._closed:
+        if self._raw is None and self._refusal is None and not self._closed:
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
@@ -1258,66 +1467,28 @@ class ReconnectingConnection(RememberedSettings):
         raw = self._connection()
         written, kept = None, []
         try:
-            written = self._transaction_id(raw)
+            written = _answer(raw, self._written(raw))
             if written is not None:
                 kept = _keep_results(self._cursors, raw)
             raw.commit()
         except Exception as exc:
-            if self._closed or not is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             retry = self._lost(raw, exc)
             if written is None:
                 raise retry from exc  # nothing was written: safe to redo
-            self._resolve(*written, retry, exc)
+            self._resolve(written, retry, exc)
             for cursor, result in kept:
                 cursor._kept = result
 
-    def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
-        """Return the open transaction's id and server, if it wrote anything."""
-        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
-        if raw.info.transaction_status in (0, 3):
-            return None
-        # The server's identity is asked once per server connection, with
-        # the first id: reading it (pg_control_system) costs a file read.
-        known = self._server
-        ask_server = known is None or known[0] is not raw
-        started = time.monotonic()
-        cursor = plain_cursor(raw)
-        try:
-            cursor.execute(id_query(raw.info.server_version, ask_server))
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        self._round_trip = time.monotonic() - started
-        if ask_server or known is None:
-            known = self._server = (raw, tuple(row[1:]))
-        return None if row[0] is None else (row[0], known[1])
-
-    def _resolve(
-        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
-    ) -> None:
+    def _resolve(self, written: Written, retry: Retry, exc: Exception) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
-        deadline = time.monotonic() + self._resolve_timeout
-        asking = _Asking(self._open, transaction_id, server, deadline)
-        # The last question asked before the deadline may still be on its way.
-        grace = CONNECT_GRACE + 10 * self._round_trip
-        status, raw = asking.answer(deadline + grace)
+        resolution = self._resolution(written, time.monotonic)
+        status, raw = _Asking(self._open, resolution).answer()
         if raw is not None:
             _close_quietly(raw)
-        if status == "committed":
-            # The data is safe, but the server session that held the
-            # caller's locks, temporary tables and LISTENs is gone: the
-            # connection stays disconnected, so the next call says so.
-            with self._lock:
-                if self._raw is None and self._disconnected:
-                    self._untold = SESSION_REPLACED
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
-        if status == "aborted":
-            log.info("Transaction %s was rolled back; retrying", transaction_id)
-            raise retry from exc
-        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
-        raise CommitOutcomeUnknown(transaction_id, status) from exc
+        with self._lock:
+            self._resolved(written[0], status, retry, exc)
 
 
 def _commit(raw: Any) -> None:
@@ -1398,67 +1569,47 @@ def _keep_results(
     return kept
 
 
-# A new connection and one question take a few round trips and a server
-# process start; _resolve() waits this much plus ten measured round trips
-# after the deadline for the question asked last.
-CONNECT_GRACE = 0.5
-
-
 class _Asking:
     """Asks the server what became of a transaction, in a thread of its own.
 
     The factory may block for as long as the network lets it; the caller
-    waits only until its deadline, and a connection that arrives after
-    the caller stopped waiting is closed.
+    waits only until the resolution's ``until``, and a connection that
+    arrives after the caller stopped waiting is closed.
     """
 
-    def __init__(
-        self,
-        connect: Callable[[], Any],
-        transaction_id: str,
-        server: tuple[Any, ...],
-        deadline: float,
-    ) -> None:
+    def __init__(self, connect: Callable[[], Any], resolution: Resolution) -> None:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._abandoned = False
-        self._status, self._raw = "unreachable", None
+        self._raw: Any | None = None
+        self._resolution = resolution
         thread = threading.Thread(
             target=self._ask,
-            args=(connect, transaction_id, server, deadline),
+            args=(connect,),
             name="reconnecting: resolving a commit",
             daemon=True,
         )
         thread.start()
 
-    def _ask(
-        self,
-        connect: Callable[[], Any],
-        transaction_id: str,
-        server: tuple[Any, ...],
-        deadline: float,
-    ) -> None:
-        raw, pause = None, 0.01
-        while True:  # at least once, then until an answer or the deadline
+    def _ask(self, connect: Callable[[], Any]) -> None:
+        resolution, raw = self._resolution, None
+        while True:  # at least once, then while the resolution says so
             try:
                 raw = raw or connect()
-                status = _transaction_status(raw, transaction_id, server)
+                questions = resolution.questions(raw.info.server_version)
+                try:
+                    resolution.status = _answer(raw, questions)
+                finally:
+                    raw.rollback()
             except Exception as error:
-                if not is_outage(error, raw):
-                    status = f"status query failed ({describe(error)})"
-                    break
-                if raw is not None:
+                if resolution.failed(error, raw) and raw is not None:
                     _close_quietly(raw)
-                raw, status = None, "unreachable"
-            left = deadline - time.monotonic()
-            if status not in ("in progress", "unreachable") or left <= 0:
+                    raw = None
+            pause = resolution.pause()
+            if pause is None or self._abandoned:
                 break
-            if self._abandoned:
-                break
-            time.sleep(min(pause, left))  # back off between questions
-            pause = min(pause * 2, 0.5)
+            time.sleep(pause)
         with self._lock:
-            self._status = status
             if self._abandoned:
                 if raw is not None:
                     _close_quietly(raw)
@@ -1466,14 +1617,16 @@ class _Asking:
                 self._raw = raw
             self._done.set()
 
-    def answer(self, until: float) -> tuple[str, Any]:
-        """The status and the connection that got it, or no answer in time."""
-        self._done.wait(max(0.0, until - time.monotonic()))
+    def answer(self) -> tuple[str, Any]:
+        """The status and the connection that got it, or, past the
+        resolution's ``until``, no answer in time."""
+        resolution = self._resolution
+        self._done.wait(max(0.0, resolution.until - time.monotonic()))
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
                 return "no answer in time", None
-            return self._status, self._raw
+            return resolution.status, self._raw
 
 
 # Which server assigned a transaction id, and since when: an id means
@@ -1535,25 +1688,24 @@ def status_questions(
     return str(status)
 
 
-def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
-    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
-    questions = status_questions(raw.info.server_version, transaction_id, server)
+def _answer(raw: Any, questions: Generator[Question, Any, T]) -> T:
+    """Ask ``raw`` the core's ``questions``, sending each the first row of
+    its answer (or throwing its error); return what they conclude."""
     cursor = plain_cursor(raw)
     try:
         question = next(questions)
         while True:
             try:
                 cursor.execute(*question)
-                answer = cursor.fetchone()
             except Exception as error:
                 question = questions.throw(error)
             else:
-                question = questions.send(answer)
+                question = questions.send(cursor.fetchone())
     except StopIteration as end:
-        return str(end.value)
+        result: T = end.value
+        return result
     finally:
         cursor.close()
-        raw.rollback()
 
 
 def describe(exc: BaseException) -> str:
@@ -1595,16 +1747,11 @@ class Attempt:
     def __enter__(self) -> Attempt:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if exc is None:
+    def __exit__(self, *exc_info: object) -> bool:
+        if exc_info[1] is None:
             return False
         self._loop.db.rollback()
-        return self._loop.retried(self, exc)
+        return self._loop.retried(self, exc_info[1])
 
 
 class AttemptLoop:
@@ -1644,7 +1791,7 @@ class AttemptLoop:
             return None  # no attempt starts after the deadline
         return pause
 
-    def retried(self, attempt: Attempt, exc: BaseException) -> bool:
+    def retried(self, attempt: Attempt, exc: object) -> bool:
         """Whether ``attempt``, rolled back after ``exc``, is retried: a
         :class:`Retry` with tries and time left.  Its pause is recorded."""
         if not isinstance(exc, Retry):
