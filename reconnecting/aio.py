@@ -157,20 +157,14 @@ class AsyncReconnectingConnection(ConnectionState):
         try:
             for name, value in list(self._settings.items()):
                 with self._setting(raw, name):
-                    if name in _SESSION_SETTINGS:
-                        await getattr(raw, f"set_{name}")(value)
+                    if name not in _SESSION_SETTINGS:
+                        setattr(raw, name, value)  # on the client: no round trip
                     else:
-                        setattr(raw, name, value)
+                        await getattr(raw, f"set_{name}")(value)
         except BaseException:
             await _close_quietly(raw)
             raise
         return raw
-
-    async def _lost(self, raw: Any, exc: Exception) -> Retry:
-        """Enter the disconnected state if ``raw`` is still the current one."""
-        if self._dropped(raw, exc):
-            await _close_quietly(raw)
-        return Retry((type(exc), exc, exc.__traceback__))
 
     async def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
         """``_lost()``, for a statement of the caller's that was running: in
@@ -179,6 +173,12 @@ class AsyncReconnectingConnection(ConnectionState):
         unknown = self._may_have_committed(raw, exc)
         retry = await self._lost(raw, exc)
         return statement_in_doubt(exc) if unknown else retry
+
+    async def _lost(self, raw: Any, exc: Exception) -> Retry:
+        """Enter the disconnected state if ``raw`` is still the current one."""
+        if self._dropped(raw, exc):
+            await _close_quietly(raw)
+        return Retry((type(exc), exc, exc.__traceback__))
 
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
@@ -461,16 +461,15 @@ class AsyncReconnectingConnection(ConnectionState):
     ) -> None:
         """Commit, or roll back after an exception; then close, as psycopg 3
         does."""
+        ending = self._block_ending(exc_type is not None)
         try:
-            if self._closed:
-                return
-            if exc_type is None:
+            if ending == "commit":
                 await self.commit()
-                return
-            try:
-                await self.rollback()
-            except Exception as error:  # keep the block's own exception
-                log.warning("Rollback at the end of a block failed: %s", error)
+            elif ending == "rollback":
+                try:
+                    await self.rollback()
+                except Exception as error:  # the block's own exception goes on
+                    log.warning("Rollback at the end of a block failed: %s", error)
         finally:
             await self.close()
 
@@ -479,23 +478,21 @@ class AsyncReconnectingConnection(ConnectionState):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raw = self._raw
-        if raw is None:
-            if name in self._settings:
-                return self._settings[name]  # remembered: no server needed
-            raw = self._last_raw
-            if raw is None:
-                # For `except db.Error:`, connected or not.
-                error_class = getattr(self._driver(), name, None)
-                if isinstance(error_class, type) and issubclass(error_class, Exception):
-                    return error_class
-                if self._closed:
-                    raise self._closed_error()
-                raise DisconnectedConnectionError(
-                    f"not connected yet: {name!r} needs a server connection"
-                )
+        if self._raw is None and name in self._settings:
+            return self._settings[name]  # remembered: no server needed
         # The last server connection still knows its plain attributes.
-        return self._expose(raw, name, getattr(raw, name))
+        raw = self._raw or self._last_raw
+        if raw is not None:
+            return self._expose(raw, name, getattr(raw, name))
+        # For `except db.Error:` before the first connection.
+        error_class = getattr(self._driver(), name, None)
+        if isinstance(error_class, type) and issubclass(error_class, Exception):
+            return error_class
+        if self._closed:
+            raise self._closed_error()
+        raise DisconnectedConnectionError(
+            f"not connected yet: {name!r} needs a server connection"
+        )
 
     def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
         if name == "notifies":  # an async generator talking to the server

@@ -342,6 +342,8 @@ def _in_hot_standby(raw_connection: Any) -> bool:
 
 
 ALREADY_DISCONNECTED = "Already disconnected"
+# Why a with block that an outage interrupted committed nothing.
+BLOCK_LOST = "the connection was lost inside the with block, which committed nothing"
 
 
 def refused_work(why: str = ALREADY_DISCONNECTED) -> Retry:
@@ -992,6 +994,18 @@ class ConnectionState(RememberedSettings):
             and not cannot_write(raw, standby)
         )
 
+    def _block_ending(self, failed: bool, began: int | None = None) -> str:
+        """How a ``with`` block on the connection ends: 'commit',
+        'rollback' (after an error), 'lost' (an outage inside the block,
+        which began at ``began`` disconnects, lost part of its work: commit
+        none of it, whatever ran after a rollback in it), or 'nothing'
+        (closed)."""
+        if self._closed:
+            return "nothing"
+        if failed:
+            return "rollback"
+        return "commit" if began in (None, self._disconnects) else "lost"
+
     def _to_roll_back(self) -> Any | None:
         """rollback(): the server connection to roll back, if any.  While
         disconnected, it leaves the state, unless that tells a loss the
@@ -1328,25 +1342,18 @@ class ReconnectingConnection(ConnectionState):
         """
         closing = _is_psycopg3(self._last_raw)
         began, self._block_began = self._block_began, None
+        ending = self._block_ending(exc_type is not None, began)
         try:
-            if self._closed:
-                return
-            if exc_type is None and began in (None, self._disconnects):
+            if ending == "commit":
                 self.commit()
-                return
-            if exc_type is None:
-                # An outage inside the block lost its first part, whatever
-                # ran after a rollback in it: commit none of it.
+            elif ending == "lost":
                 self.rollback()
-                error = DisconnectedConnectionError(
-                    "the connection was lost inside the with block,"
-                    " which committed nothing"
-                )
-                raise Retry((DisconnectedConnectionError, error, None))
-            try:
-                self.rollback()
-            except Exception as error:  # keep the block's own exception
-                log.warning("Rollback at the end of a block failed: %s", error)
+                raise refused_work(BLOCK_LOST)
+            elif ending == "rollback":
+                try:
+                    self.rollback()
+                except Exception as error:  # keep the block's own exception
+                    _rollback_failed(error)
         finally:
             entered, self._entered = self._entered, None
             if entered is not None and entered is self._raw:
@@ -1365,26 +1372,29 @@ class ReconnectingConnection(ConnectionState):
         if raw is None:
             if name in self._settings:
                 return self._settings[name]  # remembered: no server needed
-            if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
-                error_class = getattr(self._driver(), name, None)
-                if error_class is None:
-                    raise AttributeError(f"{name}: the driver is not known yet")
-                return error_class
-            raw = self._last_raw
-            if raw is None:
-                raw = self._connection()  # first use
-            try:
-                # The last server connection still knows its plain attributes.
-                return self._expose(raw, name, getattr(raw, name))
-            except AttributeError:
-                raise
-            except Exception as exc:
-                raise refused_work() from exc
+            return self._attribute_unconnected(name)
         try:  # the hot path: the connected driver's data, read as it is
             value = getattr(raw, name)
         except Exception:
             value = self._call(lambda raw: getattr(raw, name))  # or Retry
         return self._expose(raw, name, value)
+
+    def _attribute_unconnected(self, name: str) -> Any:
+        if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
+            error_class = getattr(self._driver(), name, None)
+            if error_class is None:
+                raise AttributeError(f"{name}: the driver is not known yet")
+            return error_class
+        raw = self._last_raw
+        if raw is None:
+            raw = self._connection()  # first use
+        try:
+            # The last server connection still knows its plain attributes.
+            return self._expose(raw, name, getattr(raw, name))
+        except AttributeError:
+            raise
+        except Exception as exc:
+            raise refused_work() from exc
 
     def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
         if name in _SESSION_METHODS:
@@ -1706,6 +1716,10 @@ def _answer(raw: Any, questions: Generator[Question, Any, T]) -> T:
         return result
     finally:
         cursor.close()
+
+
+def _rollback_failed(error: Exception) -> None:
+    log.warning("Rollback at the end of a block failed: %s", error)
 
 
 def describe(exc: BaseException) -> str:
