@@ -15,6 +15,12 @@ connection from the factory.  With psycopg2 or with psycopg 3, alike::
 
 This module uses the standard library only and duck-types the driver, so it
 can be copied into a project on its own.
+
+It is also the core that ``reconnecting/aio.py`` (the asyncio shell) shares
+with the sync one here: the public names outside ``__all__``
+(``ConnectionState``, ``Resolution``, ``AttemptLoop``, ``TransactionBlock``,
+``RememberedSettings``, ``is_outage()``, ``status_questions()``, ...) are
+its building blocks, for the shells rather than for applications.
 """
 
 from __future__ import annotations
