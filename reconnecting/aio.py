@@ -186,10 +186,7 @@ class AsyncReconnectingConnection(ConnectionState):
         Whatever the transaction did goes with the server connection, so
         work is refused until ``rollback()``, as after an outage.
         """
-        if self._raw is raw:
-            self._raw = None
-            self._refusal = f"Interrupted by cancellation during a {what}"
-            log.info("Cancelled during a %s; closing the server connection", what)
+        self._cancelled(raw, what)
         # A COMMIT that has left is not called back: a cancel request racing
         # it would only make its outcome a matter of timing.
         _close_now(raw, cancel_query=what != "commit")
@@ -306,7 +303,7 @@ class AsyncReconnectingConnection(ConnectionState):
         least once; a connection attempt or a question still going on then
         is abandoned.
         """
-        if self._raw is None and self._refusal is None and not self._closed:
+        if self._nothing_done():
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
@@ -400,9 +397,7 @@ class AsyncReconnectingConnection(ConnectionState):
             await self._lost(raw, exc)
             self._session_gone(SESSION_LOST)
         except BaseException:
-            if self._raw is None:
-                # Cancelled: the server rolls back as the connection closes.
-                self._refusal = None
+            self._rollback_cancelled()
             raise
 
     async def close(self) -> None:

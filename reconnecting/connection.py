@@ -987,6 +987,19 @@ class ConnectionState(RememberedSettings):
         log.warning("Database connection lost: %s", describe(exc))
         return True
 
+    def _cancelled(self, raw: Any, what: str) -> None:
+        """A call on ``raw`` was cancelled midway (asyncio): whatever its
+        transaction did goes with the server connection, which the shell
+        closes, so work is refused until ``rollback()``, as after an outage."""
+        if self._raw is raw:
+            self._raw = None
+            self._refusal = f"Interrupted by cancellation during a {what}"
+            log.info("Cancelled during a %s; closing the server connection", what)
+
+    def _nothing_done(self) -> bool:
+        """Not connected since the last ``rollback()``: nothing to commit."""
+        return self._raw is None and self._refusal is None and not self._closed
+
     def _may_have_committed(self, raw: Any, exc: Exception) -> bool:
         """A statement of the caller's lost ``raw``: whether it may have
         committed (autocommit, outside any block, on a session that could
@@ -1023,6 +1036,12 @@ class ConnectionState(RememberedSettings):
                 self._refusal = None
             return None
         return self._raw
+
+    def _rollback_cancelled(self) -> None:
+        """A ``rollback()`` was cancelled (asyncio): if its server connection
+        was dropped, the server rolls back as the connection closes."""
+        if self._raw is None:
+            self._refusal = None
 
     def _session_gone(self, why: str) -> None:
         """The server session is gone and the caller was not told: the next
@@ -1473,7 +1492,7 @@ class ReconnectingConnection(ConnectionState):
         measured just before ``COMMIT``), and the server is asked at least
         once.
         """
-        if self._raw is None and self._refusal is None and not self._closed:
+        if self._nothing_done():
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
