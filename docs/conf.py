@@ -31,7 +31,7 @@ nitpick_ignore_regex = [
     ("py:class", r"collections\.abc\.(Callable|Awaitable|AsyncIterator)"),
     # In attempts()'s signature; Attempt's private constructor argument.
     ("py:class", r"collections\.abc\.Iterator"),
-    ("py:class", r"_AttemptLoop"),
+    ("py:class", r"(reconnecting\.connection\.)?AttemptLoop"),
     # SQLAlchemy's classes, in the signatures of the dialects' helpers.
     ("py:class", r"sqlalchemy\..*"),
 ]

@@ -9,7 +9,6 @@ adapter needs.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
@@ -46,11 +45,6 @@ __all__ = [
     "attempts",
     "is_disconnection",
 ]
-
-# A library logs, the application decides where it goes: without this, an
-# application that configured no logging would see every outage warning on
-# stderr, through Python's handler of last resort.
-logging.getLogger("reconnecting").addHandler(logging.NullHandler())
 
 _LAZY = {
     "AsyncReconnectingConnection": "reconnecting.aio",  # imports asyncio

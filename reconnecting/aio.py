@@ -30,36 +30,32 @@ import time
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from reconnecting.connection import (
-    _CONNECT_GRACE,
-    _NOT_STATEMENTS,
-    _REFUSED,
-    _SESSION_LOST,
-    _SESSION_REPLACED,
+from .connection import (
+    NOT_STATEMENTS,
+    REFUSED_CALLS,
+    SESSION_LOST,
     Attempt,
+    AttemptLoop,
     CommitOutcomeUnknown,
+    ConnectionState,
     DisconnectedConnectionError,
+    Question,
+    Resolution,
     Retry,
     StatementOutcomeUnknown,
-    _AttemptLoop,
-    _cannot_write,
-    _check_setting,
-    _describe,
-    _id_query,
-    _is_outage,
-    _note_standby_session,
-    _plain_cursor,
-    _refusal,
-    _RememberedSettings,
-    _statement_in_doubt,
-    _status_questions,
-    _TransactionBlock,
+    TransactionBlock,
+    Written,
+    check_setting,
     is_disconnection,
     log,
+    plain_cursor,
+    refused_call,
+    statement_in_doubt,
 )
+
+T = TypeVar("T")
 
 __all__ = [
     "AsyncAttempt",
@@ -77,7 +73,7 @@ _SESSION_SETTINGS = frozenset(
     {"autocommit", "isolation_level", "read_only", "deferrable"}
 )
 # Cursor methods that run no statement of the caller's (see _statement_lost).
-_NOT_STATEMENTS_ASYNC = _NOT_STATEMENTS | {"__anext__"}
+_NOT_STATEMENTS_ASYNC = NOT_STATEMENTS | {"__anext__"}
 
 
 # What a psycopg cursor that ran nothing yet says.
@@ -91,12 +87,7 @@ _UNUSED_CURSOR = {
 }
 
 
-def _work_refused(why: str) -> Retry:
-    error = DisconnectedConnectionError(why)
-    return Retry((DisconnectedConnectionError, error, None))
-
-
-class AsyncReconnectingConnection(_RememberedSettings):
+class AsyncReconnectingConnection(ConnectionState):
     """An asyncio connection that reconnects after ``await rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -118,54 +109,11 @@ class AsyncReconnectingConnection(_RememberedSettings):
         resolve_commit: bool = False,
         resolve_timeout: float = 10.0,
     ) -> None:
-        self._factory = connection_factory
-        self._resolve_commit = resolve_commit
-        self._resolve_timeout = resolve_timeout
-        self._raw: Any | None = None  # None unless connected
-        self._last_raw: Any | None = None
-        self._refusal: str | None = None  # why work is refused until rollback
-        # The refusal tells a loss of the server session that the caller
-        # was not told of yet: rollback() keeps it until a call has said it.
-        self._untold = False
-        self._closed = False
-        self._settings: dict[str, Any] = {}
-        self._unchecked: dict[str, Any] = {}  # see _remember_unchecked()
+        super().__init__(connection_factory, resolve_commit, resolve_timeout)
         self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
         self._blocks: list[_AsyncTransactionBlock] = []  # transaction() blocks open
-        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
-        self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._connecting = asyncio.Lock()
         self._turn = _Turn()  # the call talking to the server, and those waiting
-        self._disconnects = 0
-        self._reconnects = 0
-
-    # -- state ---------------------------------------------------------------
-
-    @property
-    def disconnects(self) -> int:
-        """How many times a lost server connection was noticed."""
-        return self._disconnects
-
-    @property
-    def reconnects(self) -> int:
-        """How many server connections were made after the first one."""
-        return self._reconnects
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def _state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._refusal is not None:
-            return "disconnected"
-        return "connected" if self._raw is not None else "not connected"
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} {self._state()} at {id(self):#x}>"
 
     def _driver(self) -> Any | None:
         """What holds the driver's exception classes, found without
@@ -175,12 +123,6 @@ class AsyncReconnectingConnection(_RememberedSettings):
         if self._last_raw is not None:
             return self._last_raw
         return getattr(sys.modules.get("psycopg"), "AsyncConnection", None)
-
-    def _closed_error(self, what: str = "connection") -> Exception:
-        error_class = getattr(self._driver(), "InterfaceError", None)
-        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
-            error_class = DisconnectedConnectionError
-        return error_class(f"{what} already closed")
 
     async def _connection(self) -> Any:
         """Return the current server connection, making one if needed."""
@@ -192,43 +134,14 @@ class AsyncReconnectingConnection(_RememberedSettings):
             if self._closed:
                 raise self._closed_error()
             if self._refusal is not None:
-                self._untold = False  # told now
-                raise _work_refused(self._refusal)
+                raise self._refuse_work()
             if self._raw is None:
                 raw = await self._connect()
                 if self._closed:  # closed while connecting
                     await _close_quietly(raw)
                     raise self._closed_error()
-                self._install(raw)
+                self._installed(raw)
             return self._raw
-
-    def _install(self, raw: Any) -> None:
-        """Make ``raw`` the current server connection."""
-        if self._last_raw is not None:
-            self._reconnects += 1
-            log.info("Reconnected to the database")
-        self._raw, self._last_raw, self._refusal = raw, raw, None
-        self._untold = False
-
-    async def _open(self) -> Any:
-        """Make a server connection with the remembered settings."""
-        raw = await self._factory()
-        _note_standby_session(raw)
-        try:
-            for name, value in list(self._settings.items()):
-                try:
-                    if name in _SESSION_SETTINGS:
-                        await getattr(raw, f"set_{name}")(value)
-                    else:
-                        setattr(raw, name, value)
-                except Exception as exc:
-                    self._refused(raw, name, exc)
-                    raise
-        except BaseException:
-            await _close_quietly(raw)
-            raise
-        self._unchecked.clear()  # all accepted
-        return raw
 
     async def _connect(self) -> Any:
         try:
@@ -236,34 +149,36 @@ class AsyncReconnectingConnection(_RememberedSettings):
         except Exception as exc:
             if not is_disconnection(exc, None):
                 raise
-            if self._closed:  # closed by another task while this one connected
-                raise self._closed_error() from exc
-            self._refusal = "Already disconnected"
-            self._disconnects += 1
-            log.warning("Could not reconnect to the database: %s", _describe(exc))
-            raise Retry((type(exc), exc, exc.__traceback__)) from exc
+            raise self._connect_failed(exc) from exc
 
-    async def _lost(self, raw: Any, exc: Exception) -> Retry:
-        """Enter the disconnected state if ``raw`` is still the current one."""
-        if self._raw is raw:
-            self._raw, self._refusal = None, "Already disconnected"
-            self._disconnects += 1
-            log.warning("Database connection lost: %s", _describe(exc))
+    async def _open(self) -> Any:
+        """Make a server connection with the remembered settings."""
+        raw = await self._factory()
+        try:
+            for name, value in list(self._settings.items()):
+                with self._setting(raw, name):
+                    if name not in _SESSION_SETTINGS:
+                        setattr(raw, name, value)  # on the client: no round trip
+                    else:
+                        await getattr(raw, f"set_{name}")(value)
+        except BaseException:
             await _close_quietly(raw)
-        return Retry((type(exc), exc, exc.__traceback__))
+            raise
+        return raw
 
     async def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
         """``_lost()``, for a statement of the caller's that was running: in
         autocommit mode it may have committed, unless it could not write
         (the sync connection's rule)."""
-        unknown = (
-            is_disconnection(exc, raw)
-            and raw.autocommit
-            and not self._blocks
-            and not _cannot_write(raw)
-        )
+        unknown = self._may_have_committed(raw, exc)
         retry = await self._lost(raw, exc)
-        return _statement_in_doubt(exc) if unknown else retry
+        return statement_in_doubt(exc) if unknown else retry
+
+    async def _lost(self, raw: Any, exc: Exception) -> Retry:
+        """Enter the disconnected state if ``raw`` is still the current one."""
+        if self._dropped(raw, exc):
+            await _close_quietly(raw)
+        return Retry((type(exc), exc, exc.__traceback__))
 
     def _interrupted(self, raw: Any, what: str = "call") -> None:
         """A task was cancelled while ``raw`` worked for it: drop ``raw``.
@@ -271,10 +186,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
         Whatever the transaction did goes with the server connection, so
         work is refused until ``rollback()``, as after an outage.
         """
-        if self._raw is raw:
-            self._raw = None
-            self._refusal = f"Interrupted by cancellation during a {what}"
-            log.info("Cancelled during a %s; closing the server connection", what)
+        self._cancelled(raw, what)
         # A COMMIT that has left is not called back: a cancel request racing
         # it would only make its outcome a matter of timing.
         _close_now(raw, cancel_query=what != "commit")
@@ -294,7 +206,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                     result = await _closing_first(result, self, raw)
                 return result
             except Exception as exc:
-                if self._closed or not _is_outage(exc, raw):
+                if not self._outage(exc, raw):
                     raise
                 if statement:
                     raise await self._statement_lost(raw, exc) from exc
@@ -336,7 +248,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
                     except StopAsyncIteration:
                         return
                     except Exception as exc:
-                        if self._closed or not _is_outage(exc, raw):
+                        if not self._outage(exc, raw):
                             raise
                         if hold:
                             raise await self._statement_lost(raw, exc) from exc
@@ -391,7 +303,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
         least once; a connection attempt or a question still going on then
         is abandoned.
         """
-        if self._raw is None and self._refusal is None and not self._closed:
+        if self._nothing_done():
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
@@ -399,21 +311,21 @@ class AsyncReconnectingConnection(_RememberedSettings):
 
     async def _commit(self) -> None:
         raw = await self._connection()
-        written: tuple[str, tuple[Any, ...]] | None = None
+        written: Written | None = None
         try:
             if self._resolve_commit:
                 written = await _closing_first(
-                    self._transaction_id(raw), self, raw, "commit"
+                    _answer(raw, self._written(raw)), self, raw, "commit"
                 )
             await _closing_first(raw.commit(), self, raw, "commit")
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             try:
                 retry = await self._lost(raw, exc)
                 if written is None:
                     raise retry from exc  # nothing was written: safe to redo
-                await self._resolve(*written, retry, exc)
+                await self._resolve(written, retry, exc)
             except BaseException as error:
                 if written is not None and not isinstance(error, Exception):
                     _outcome_unknown(written[0], error)  # cancelled while resolving
@@ -425,74 +337,33 @@ class AsyncReconnectingConnection(_RememberedSettings):
                 _outcome_unknown(written[0], error)
             raise
 
-    async def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
-        """Return the open transaction's id and server, if it wrote anything."""
-        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
-        if raw.info.transaction_status in (0, 3):
-            return None
-        known = self._server
-        ask_server = known is None or known[0] is not raw
-        started = time.monotonic()
-        row = await _query_row(raw, _id_query(raw.info.server_version, ask_server))
-        self._round_trip = time.monotonic() - started
-        if ask_server or known is None:
-            known = self._server = (raw, tuple(row[1:]))
-        return None if row[0] is None else (row[0], known[1])
-
-    async def _resolve(
-        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
-    ) -> None:
+    async def _resolve(self, written: Written, retry: Retry, exc: Exception) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._resolve_timeout
-        # The last question asked before the deadline may still be on its way.
-        until = deadline + _CONNECT_GRACE + 10 * self._round_trip
-        status, raw = await self._ask(transaction_id, server, deadline, until)
+        resolution = self._resolution(written, asyncio.get_running_loop().time)
+        status, raw = await self._ask(resolution)
         await _close_quietly(raw)
-        if status == "committed":
-            # The data is safe, but the server session that held the
-            # caller's locks, temporary tables and LISTENs is gone: the
-            # connection stays disconnected, so the next call says so.
-            if self._raw is None and self._refusal is not None:
-                self._refusal = "Already disconnected" + _SESSION_REPLACED
-                self._untold = True
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
-        if status == "aborted":
-            log.info("Transaction %s was rolled back; retrying", transaction_id)
-            raise retry from exc
-        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
-        raise CommitOutcomeUnknown(transaction_id, status) from exc
+        self._resolved(written[0], status, retry, exc)
 
-    async def _ask(
-        self,
-        transaction_id: str,
-        server: tuple[Any, ...],
-        deadline: float,
-        until: float,
-    ) -> tuple[str, Any]:
+    async def _ask(self, resolution: Resolution) -> tuple[str, Any]:
         """The status and the connection that got it; see :meth:`commit`."""
-        loop = asyncio.get_running_loop()
-        raw, pause = None, 0.01
+        until, raw = resolution.until, None
         try:
-            while True:  # at least once, then until an answer or the deadline
+            while True:  # at least once, then while the resolution says so
                 try:
                     raw = raw or await _before(until, self._open())
-                    status = await _before(
-                        until, _transaction_status(raw, transaction_id, server), raw
-                    )
+                    questions = resolution.questions(raw.info.server_version)
+                    asked = _answer(raw, questions, rollback=True)
+                    resolution.status = await _before(until, asked, raw)
                 except TimeoutError:
                     return "no answer in time", None
                 except Exception as error:
-                    if not _is_outage(error, raw):
-                        return f"status query failed ({_describe(error)})", raw
-                    await _close_quietly(raw)
-                    raw, status = None, "unreachable"
-                left = deadline - loop.time()
-                if status not in ("in progress", "unreachable") or left <= 0:
-                    return status, raw
-                await asyncio.sleep(min(pause, left))  # back off between questions
-                pause = min(pause * 2, 0.5)
+                    if resolution.failed(error, raw):
+                        await _close_quietly(raw)
+                        raw = None
+                pause = resolution.pause()
+                if pause is None:
+                    return resolution.status, raw
+                await asyncio.sleep(pause)
         except BaseException:  # cancelled while asking
             if raw is not None:
                 _close_now(raw)
@@ -515,28 +386,18 @@ class AsyncReconnectingConnection(_RememberedSettings):
         await self._in_turn(self._rollback)
 
     async def _rollback(self) -> None:
-        if self._closed:
-            raise self._closed_error()
-        if self._refusal is not None:
-            if not self._untold:  # told: leave the disconnected state
-                self._refusal = None
-            return
-        raw = self._raw
+        raw = self._to_roll_back()
         if raw is None:
             return
         try:
             await _closing_first(raw.rollback(), self, raw, "rollback")
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             await self._lost(raw, exc)
-            if self._raw is None and self._refusal is not None:
-                self._refusal = "Already disconnected" + _SESSION_LOST
-                self._untold = True
+            self._session_gone(SESSION_LOST)
         except BaseException:
-            if self._raw is None:
-                # Cancelled: the server rolls back as the connection closes.
-                self._refusal = None
+            self._rollback_cancelled()
             raise
 
     async def close(self) -> None:
@@ -595,16 +456,15 @@ class AsyncReconnectingConnection(_RememberedSettings):
     ) -> None:
         """Commit, or roll back after an exception; then close, as psycopg 3
         does."""
+        ending = self._block_ending(exc_type is not None)
         try:
-            if self._closed:
-                return
-            if exc_type is None:
+            if ending == "commit":
                 await self.commit()
-                return
-            try:
-                await self.rollback()
-            except Exception as error:  # keep the block's own exception
-                log.warning("Rollback at the end of a block failed: %s", error)
+            elif ending == "rollback":
+                try:
+                    await self.rollback()
+                except Exception as error:  # the block's own exception goes on
+                    log.warning("Rollback at the end of a block failed: %s", error)
         finally:
             await self.close()
 
@@ -613,45 +473,32 @@ class AsyncReconnectingConnection(_RememberedSettings):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raw = self._raw
-        if raw is None:
-            if name in self._settings:
-                return self._settings[name]  # remembered: no server needed
-            raw = self._last_raw
-            if raw is None:
-                # For `except db.Error:`, connected or not.
-                error_class = getattr(self._driver(), name, None)
-                if isinstance(error_class, type) and issubclass(error_class, Exception):
-                    return error_class
-                if self._closed:
-                    raise self._closed_error()
-                raise DisconnectedConnectionError(
-                    f"not connected yet: {name!r} needs a server connection"
-                )
+        if self._raw is None and name in self._settings:
+            return self._settings[name]  # remembered: no server needed
         # The last server connection still knows its plain attributes.
-        return self._expose(raw, name, getattr(raw, name))
+        raw = self._raw or self._last_raw
+        if raw is not None:
+            return self._expose(raw, name, getattr(raw, name))
+        # For `except db.Error:` before the first connection.
+        error_class = getattr(self._driver(), name, None)
+        if isinstance(error_class, type) and issubclass(error_class, Exception):
+            return error_class
+        if self._closed:
+            raise self._closed_error()
+        raise DisconnectedConnectionError(
+            f"not connected yet: {name!r} needs a server connection"
+        )
 
-    def _expose(self, raw: Any, name: str, value: Any) -> Any:
-        """Return ``value``, read from ``raw``; its methods run on the current
-        server connection, with the contract."""
-        if getattr(value, "__self__", None) is not raw:
-            return value  # data, classes (db.Error), row factories
-        if name in _REFUSED:
-            return _refusal(raw, name)
+    def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
         if name == "notifies":  # an async generator talking to the server
             return lambda *args, **kwargs: self._iterate(
                 lambda raw: raw.notifies(*args, **kwargs), "notifies()", hold=False
             )
         if not inspect.iscoroutinefunction(value):
             return value  # fileno(), xid(), add_notice_handler(): no round trip
-        return lambda *args, **kwargs: self._call(
-            lambda raw: getattr(raw, name)(*args, **kwargs)
-        )
+        return None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
+    def _set_setting(self, name: str, value: Any) -> None:
         if name in _SESSION_SETTINGS:
             raise AttributeError(
                 f"{name!r} is set by a round trip on an asyncio connection:"
@@ -664,7 +511,7 @@ class AsyncReconnectingConnection(_RememberedSettings):
             raise DisconnectedConnectionError(
                 f"not connected yet: setting {name!r} needs a server connection"
             )
-        _check_setting(raw, name)
+        check_setting(raw, name)
         setattr(raw, name, value)  # a client-side setting: no round trip
         self._settings[name] = value
 
@@ -687,7 +534,7 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
                     getattr(self._raw_cursor, name)(*args, **kwargs), connection, raw
                 )
             except Exception as exc:
-                if connection._closed or not _is_outage(exc, raw):
+                if not connection._outage(exc, raw):
                     raise
                 if statement:
                     raise await connection._statement_lost(raw, exc) from exc
@@ -809,7 +656,7 @@ class AsyncReconnectingCursor:
                 call = self._raw_cursor.execute(query, params)
             await _closing_first(call, connection, raw)
         except Exception as exc:
-            if connection._closed or not _is_outage(exc, raw):
+            if not connection._outage(exc, raw):
                 raise
             raise await connection._statement_lost(raw, exc) from exc
         finally:
@@ -876,8 +723,8 @@ class AsyncReconnectingCursor:
         value = getattr(raw_cursor, name)
         if getattr(value, "__self__", None) is not raw_cursor:
             return value  # description, rowcount, statusmessage, ...
-        if name in _REFUSED:
-            return _refusal(self._raw_connection, name)
+        if name in REFUSED_CALLS:
+            return refused_call(self._raw_connection, name)
         if not inspect.iscoroutinefunction(value):
             return value  # nextset(), setinputsizes(): no round trip
         return lambda *args, **kwargs: self._run(name, args, kwargs)
@@ -892,54 +739,29 @@ class AsyncReconnectingCursor:
             self._settings[name] = value
 
 
-class _AsyncTransactionBlock(_TransactionBlock):
+class _AsyncTransactionBlock(TransactionBlock):
     """The sync block's rules, with ``async with``."""
 
     connection: AsyncReconnectingConnection  # type: ignore[assignment]
+    KEEPS_OUTAGE = True
 
-    def __enter__(self) -> _TransactionBlock:
+    def __enter__(self) -> TransactionBlock:
         raise TypeError("use 'async with db.transaction():' on an asyncio connection")
 
     async def __aenter__(self) -> _AsyncTransactionBlock:
-        connection = self.connection
-        raw = await connection._connection()
-        self._outer = not connection._blocks and raw.info.transaction_status == 0
-        if not self._outer:
-            depth = len(connection._blocks) + 1
-            self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
-            await self._own(f"SAVEPOINT {self._quoted()}")
-        elif raw.autocommit:
-            await self._own("BEGIN")
-        connection._blocks.append(self)
+        opening = self._opening(await self.connection._connection())
+        if opening is not None:
+            await self._own(opening)
+        self.connection._blocks.append(self)
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        connection = self.connection
-        connection._blocks.remove(self)
-        if isinstance(exc, Retry) or (exc is not None and connection._refusal):
-            return False  # the caller rolls back, as always
-        # Left quietly after an outage, the commit below says Retry: never
-        # a commit of what came after it, never a silent end.
-        if exc is None and not self.force_rollback:
-            if self._outer:
-                await connection.commit()
+    async def __aexit__(self, *exc_info: object) -> bool:
+        for step in self._closing(exc_info[1]):
+            if step in ("commit", "rollback"):
+                await getattr(self.connection, step)()
             else:
-                await self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-            return False
-        if self._outer:
-            await connection.rollback()
-        else:
-            await self._own(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
-            await self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-        # psycopg.Rollback ends this block quietly, or the one it names.
-        if type(exc).__name__ == "Rollback":
-            return getattr(exc, "transaction", None) in (None, self)
-        return False
+                await self._own(step)
+        return self._swallows(exc_info[1])
 
 
 # -- the retry loop ----------------------------------------------------------
@@ -957,23 +779,11 @@ class AsyncAttempt(Attempt):
     async def __aenter__(self) -> AsyncAttempt:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if exc is None:
+    async def __aexit__(self, *exc_info: object) -> bool:
+        if exc_info[1] is None:
             return False
         await self._loop.db.rollback()
-        if not isinstance(exc, Retry):
-            return False
-        pause = self._loop.pause_after(self.number)
-        if pause is None:
-            return False  # out of tries or time: the last Retry goes on
-        self.error, self.pause = exc, pause
-        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
-        return True
+        return self._loop.retried(self, exc_info[1])
 
 
 async def attempts(
@@ -998,13 +808,8 @@ async def attempts(
     anything else is rolled back and goes on to the caller.  The pauses are
     ``await asyncio.sleep()``, so other tasks run meanwhile.
     """
-    if tries < 1:
-        raise ValueError(f"tries must be at least 1, not {tries!r}")
-    loop = _AttemptLoop(
-        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
-    )
-    for number in range(1, tries + 1):
-        attempt = AsyncAttempt(loop, number)
+    loop = AttemptLoop(db, tries, deadline, base_pause, max_pause, jitter, clock)
+    for attempt in loop.attempts(AsyncAttempt):
         yield attempt
         if attempt.pause is None:
             return  # it got through (or its error went to the caller)
@@ -1014,24 +819,15 @@ async def attempts(
 # -- helpers -----------------------------------------------------------------
 
 
-async def _query_row(raw: Any, query: str) -> Any:
-    """Run one of our own queries: rows as tuples, whatever the caller set."""
-    cursor = _plain_cursor(raw)
+async def _answer(
+    raw: Any, questions: Generator[Question, Any, T], rollback: bool = False
+) -> T:
+    """Ask ``raw`` the core's ``questions``, as the sync shell does, with
+    ``await``; with ``rollback``, end the transaction they opened."""
+    cursor = plain_cursor(raw)
+    answer: Any = None
     try:
-        await cursor.execute(query)
-        return await cursor.fetchone()
-    finally:
-        await cursor.close()
-
-
-async def _transaction_status(
-    raw: Any, transaction_id: str, server: tuple[Any, ...]
-) -> str:
-    """Ask the server what became of a transaction, by the sync module's rules."""
-    questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = _plain_cursor(raw)
-    try:
-        question = next(questions)
+        question = questions.send(answer)
         while True:
             try:
                 await cursor.execute(*question)
@@ -1041,10 +837,12 @@ async def _transaction_status(
             else:
                 question = questions.send(answer)
     except StopIteration as end:
-        return str(end.value)
+        result: T = end.value
+        return result
     finally:
         await cursor.close()
-        await raw.rollback()
+        if rollback:
+            await raw.rollback()
 
 
 async def _before(deadline: float, awaitable: Awaitable[Any], raw: Any = None) -> Any:

@@ -15,10 +15,17 @@ connection from the factory.  With psycopg2 or with psycopg 3, alike::
 
 This module uses the standard library only and duck-types the driver, so it
 can be copied into a project on its own.
+
+It is also the core that ``reconnecting/aio.py`` (the asyncio shell) shares
+with the sync one here: the public names outside ``__all__``
+(``ConnectionState``, ``Resolution``, ``AttemptLoop``, ``TransactionBlock``,
+``RememberedSettings``, ``is_outage()``, ``status_questions()``, ...) are
+its building blocks, for the shells rather than for applications.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -30,7 +37,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "Attempt",
@@ -45,7 +52,14 @@ __all__ = [
 ]
 
 log = logging.getLogger("reconnecting")
+# A library logs, the application decides where it goes: without this, an
+# application that configured no logging would see every outage warning on
+# stderr, through Python's handler of last resort.  It is here, not in the
+# package, so that a copy of this module alone is silent too.
+log.addHandler(logging.NullHandler())
 
+A = TypeVar("A", bound="Attempt")
+T = TypeVar("T")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -247,14 +261,20 @@ def _says(exc: BaseException, messages: tuple[str, ...]) -> bool:
     )
 
 
-def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
+def is_disconnection(
+    exc: BaseException, raw_connection: Any | None, standby_session: bool = False
+) -> bool:
     """Tell whether ``exc`` means the server connection is lost.
 
     ``raw_connection`` is the driver connection the error came from, or
     ``None`` when the error came from the connection factory.  The rules run
     from structure to text: the driver's own verdict on the connection, the
     exception's class, the SQLSTATE and the severity, and only when there is
-    no SQLSTATE, the message.
+    no SQLSTATE, the message.  ``standby_session`` says that
+    ``raw_connection`` was made to a hot standby: a transaction begun before
+    a promotion stays read-only after it, while the server already reports
+    itself a primary, and its read-only error is still the standby's.
+    The answer depends on the arguments only.
     """
     if not isinstance(exc, Exception):
         return False
@@ -284,33 +304,17 @@ def is_disconnection(exc: BaseException, raw_connection: Any | None) -> bool:
         return True
     if _ends_session(exc):
         return True
-    if sqlstate == "25006" and (
-        _in_hot_standby(raw_connection) or raw_connection in _STANDBY_SESSIONS
-    ):
+    if sqlstate == "25006" and (standby_session or _in_hot_standby(raw_connection)):
         return True  # a standby, not the primary we need: find one
     if sqlstate is not None:
         return False
     return _says(exc, DISCONNECT_MESSAGES)
 
 
-# Driver connections that were made to a hot standby.  A transaction begun
-# before a promotion stays read-only after it, while the server already
-# reports in_hot_standby off: its read-only error is still the standby's.
-_STANDBY_SESSIONS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _note_standby_session(raw_connection: Any) -> None:
-    """Remember *raw_connection* if it was made to a hot standby."""
-    if _in_hot_standby(raw_connection):
-        try:
-            _STANDBY_SESSIONS.add(raw_connection)
-        except TypeError:
-            pass  # a driver connection that cannot be weakly referenced
-
-
-def _cannot_write(raw: Any) -> bool:
-    """True if the server said the session is read-only, or a standby."""
-    if _in_hot_standby(raw) or raw in _STANDBY_SESSIONS:
+def cannot_write(raw: Any, standby_session: bool = False) -> bool:
+    """True if the server said the session is read-only, or a standby
+    (``standby_session``: ``raw`` was made to one)."""
+    if standby_session or _in_hot_standby(raw):
         return True
     try:
         return bool(raw.info.parameter_status("default_transaction_read_only") == "on")
@@ -318,9 +322,9 @@ def _cannot_write(raw: Any) -> bool:
         return False  # not known: it may have written
 
 
-def _statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
+def statement_in_doubt(exc: Exception) -> StatementOutcomeUnknown:
     """What a statement in autocommit mode that lost its connection raises."""
-    first_line = (_describe(exc).splitlines() or [""])[0]
+    first_line = (describe(exc).splitlines() or [""])[0]
     log.error("A statement in autocommit mode may have run: %s", first_line)
     return StatementOutcomeUnknown(
         "the connection was lost while a statement ran in autocommit mode,"
@@ -343,26 +347,32 @@ def _in_hot_standby(raw_connection: Any) -> bool:
         return False  # a closed connection may refuse to tell
 
 
-def _already_disconnected(why: str = "") -> Retry:
-    error = DisconnectedConnectionError("Already disconnected" + why)
+ALREADY_DISCONNECTED = "Already disconnected"
+# Why a with block that an outage interrupted committed nothing.
+BLOCK_LOST = "the connection was lost inside the with block, which committed nothing"
+
+
+def refused_work(why: str = ALREADY_DISCONNECTED) -> Retry:
+    """The :class:`Retry` a disconnected connection raises, saying ``why``."""
+    error = DisconnectedConnectionError(why)
     return Retry((DisconnectedConnectionError, error, None))
 
 
 # Why the connection is disconnected after a commit that was resolved.
-_SESSION_REPLACED = (
+SESSION_REPLACED = (
     ": the commit was confirmed over a new server session; the one that"
     " ran the transaction is gone, with its session state"
 )
 # Why, after a rollback() that found the server connection gone.
-_SESSION_LOST = (
+SESSION_LOST = (
     ": the server connection was lost before rollback(), and its session"
     " with it (locks, temporary tables, LISTEN, prepared statements)"
 )
 
 
-def _is_outage(exc: BaseException, raw: Any) -> bool:
+def is_outage(exc: BaseException, raw: Any, standby_session: bool = False) -> bool:
     """A disconnection, or a server session that is not the one we had."""
-    if is_disconnection(exc, raw):
+    if is_disconnection(exc, raw, standby_session):
         return True
     # psycopg 3 prepares frequent statements itself, as "_pg3_0", "_pg3_1"...
     # Being told that one of them does not exist (26000) means the session
@@ -430,7 +440,7 @@ def _driver_of(thing: Any) -> Any | None:
 
 # Calls that would hand out a driver object talking to the server outside
 # the contract, and what to use instead.
-_REFUSED = {
+REFUSED_CALLS = {
     "pipeline": "use executemany(), which psycopg pipelines by itself",
     "copy": "use executemany(), or a driver connection of your own for COPY",
     "lobject": "use the server's lo_* functions through execute()",
@@ -464,7 +474,7 @@ def _session_values(
     return {name[len("set_") :]: value}
 
 
-def _check_setting(raw: Any, name: str) -> None:
+def check_setting(raw: Any, name: str) -> None:
     """Refuse a name that is not a setting of the driver's connection."""
     # psycopg 3 connections take any attribute; their settings are
     # properties or attributes of their own.
@@ -476,11 +486,11 @@ def _check_setting(raw: Any, name: str) -> None:
     raise AttributeError(f"'{kind}' object has no setting {name!r}")
 
 
-def _refusal(raw: Any, name: str) -> Callable[..., Any]:
+def refused_call(raw: Any, name: str) -> Callable[..., Any]:
     error_class = getattr(raw, "NotSupportedError", NotImplementedError)
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        message = f"{name}() would bypass reconnecting: {_REFUSED[name]}"
+        message = f"{name}() would bypass reconnecting: {REFUSED_CALLS[name]}"
         raise error_class(message)
 
     return refuse
@@ -488,7 +498,7 @@ def _refusal(raw: Any, name: str) -> Callable[..., Any]:
 
 def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
-    lost = "_lost" if name in _NOT_STATEMENTS else "_statement_lost"
+    lost = "_lost" if name in NOT_STATEMENTS else "_statement_lost"
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
         # The hot path, kept short: one check, then straight to the driver.
@@ -501,7 +511,7 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
             result = getattr(raw_cursor, name)(*args, **kwargs)
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not _is_outage(exc, raw):
+            if not connection._outage(exc, raw):
                 raise
             raise getattr(connection, lost)(raw, exc) from exc
         # psycopg 3's execute() returns its cursor: return ours instead.
@@ -523,7 +533,7 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
             return getattr(self._raw_cursor, name)()
         except Exception as exc:
             connection = self._connection
-            if connection._closed or not _is_outage(exc, raw):
+            if not connection._outage(exc, raw):
                 raise
             raise connection._lost(raw, exc) from exc
 
@@ -542,7 +552,7 @@ _NO_CONNECTION: Any = object()
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
 # Cursor methods that run no statement of the caller's: see _statement_lost.
-_NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
+NOT_STATEMENTS = _FETCHES | {"scroll", "mogrify", "nextset", "close"}
 # What a driver cursor that ran nothing yet says.
 _UNUSED_CURSOR = {
     "description": None,
@@ -619,7 +629,7 @@ class ReconnectingCursor:
             self._kept = None  # a new statement: the kept result is over
         result = self._connection._call(
             lambda raw: getattr(self._cursor_on(raw), name)(*args, **kwargs),
-            statement=name not in _NOT_STATEMENTS,
+            statement=name not in NOT_STATEMENTS,
         )
         return self if result is self._raw_cursor and result is not None else result
 
@@ -669,8 +679,8 @@ class ReconnectingCursor:
         value = getattr(raw_cursor, name)
         if getattr(value, "__self__", None) is not raw_cursor:
             return value  # data, classes, row factories: as they are
-        if name in _REFUSED:
-            return _refusal(self._raw_connection, name)
+        if name in REFUSED_CALLS:
+            return refused_call(self._raw_connection, name)
         if name == "stream":  # psycopg 3: rows as they arrive
 
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -697,7 +707,7 @@ class ReconnectingCursor:
             self._settings[name] = value
 
 
-class _TransactionBlock:
+class TransactionBlock:
     """psycopg 3's ``transaction()`` block, made of the connection's own calls.
 
     The outermost block ends with the connection's ``commit()`` (so a lost
@@ -717,22 +727,60 @@ class _TransactionBlock:
         self.force_rollback = force_rollback
         self._outer = False
 
+    # Whether an error other than Retry leaves a block that an outage left
+    # disconnected without rolling back (asyncio), or rolls back, leaving
+    # the disconnected state (sync, as its tests and pages show).
+    KEEPS_OUTAGE = False
+
     def misuse(self, what: str) -> Exception:
         raw = self.connection._last_raw
         error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
         return error_class(f"{what}() is not allowed inside a transaction() block")
 
-    def __enter__(self) -> _TransactionBlock:
-        connection = self.connection
-        raw = connection._connection()
-        self._outer = not connection._blocks and raw.info.transaction_status == 0
+    def _opening(self, raw: Any) -> str | None:
+        """Entering on ``raw``: the statement that opens the block, if any."""
+        blocks = self.connection._blocks
+        self._outer = not blocks and raw.info.transaction_status == 0
         if not self._outer:
-            depth = len(connection._blocks) + 1
+            depth = len(blocks) + 1
             self.savepoint_name = self.savepoint_name or f"_reconnecting_{depth}"
-            self._own(f"SAVEPOINT {self._quoted()}")
-        elif raw.autocommit:
-            self._own("BEGIN")
-        connection._blocks.append(self)
+            return f"SAVEPOINT {self._quoted()}"
+        return "BEGIN" if raw.autocommit else None
+
+    def _closing(self, exc: object) -> tuple[str, ...]:
+        """Leaving with ``exc``: what ends the block, in order, either the
+        connection's ``commit`` or ``rollback`` (the outermost block) or
+        statements (savepoints).  Nothing after :class:`Retry` (the caller
+        rolls back, as always), nor, on asyncio, after another error when
+        an outage in the block left the connection disconnected.  Left
+        quietly after an outage, the commit says Retry: never a commit of
+        what came after it, never a silent end."""
+        self.connection._blocks.remove(self)
+        if isinstance(exc, Retry):
+            return ()
+        lost = self.connection._refusal is not None
+        if exc is not None and lost and self.KEEPS_OUTAGE:
+            return ()
+        if exc is None and not self.force_rollback:
+            if self._outer:
+                return ("commit",)
+            return (f"RELEASE SAVEPOINT {self._quoted()}",)
+        if self._outer:
+            return ("rollback",)
+        savepoint = self._quoted()
+        return (f"ROLLBACK TO SAVEPOINT {savepoint}", f"RELEASE SAVEPOINT {savepoint}")
+
+    def _swallows(self, exc: object) -> bool:
+        """psycopg.Rollback ends this block quietly, or the one it names."""
+        return type(exc).__name__ == "Rollback" and (
+            getattr(exc, "transaction", None) in (None, self)
+        )
+
+    def __enter__(self) -> TransactionBlock:
+        opening = self._opening(self.connection._connection())
+        if opening is not None:
+            self._own(opening)
+        self.connection._blocks.append(self)
         return self
 
     def _own(self, statement: str) -> Any:
@@ -740,37 +788,19 @@ class _TransactionBlock:
         connection is Retry, never a statement in doubt."""
         return self.connection._call(lambda raw: raw.execute(statement))
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        connection = self.connection
-        connection._blocks.remove(self)
-        if isinstance(exc, Retry):
-            return False
-        if exc is None and not self.force_rollback:
-            if self._outer:
-                connection.commit()
+    def __exit__(self, *exc_info: object) -> bool:
+        for step in self._closing(exc_info[1]):
+            if step in ("commit", "rollback"):
+                getattr(self.connection, step)()
             else:
-                self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-            return False
-        if self._outer:
-            connection.rollback()
-        else:
-            self._own(f"ROLLBACK TO SAVEPOINT {self._quoted()}")
-            self._own(f"RELEASE SAVEPOINT {self._quoted()}")
-        # psycopg.Rollback ends this block quietly, or the one it names.
-        if type(exc).__name__ == "Rollback":
-            return getattr(exc, "transaction", None) in (None, self)
-        return False
+                self._own(step)
+        return self._swallows(exc_info[1])
 
     def _quoted(self) -> str:
         return '"' + str(self.savepoint_name).replace('"', '""') + '"'
 
 
-class _RememberedSettings:
+class RememberedSettings:
     """The settings a connection applies to each new server connection,
     with those made while no driver connection could check them (the
     sync and asyncio connections share these rules)."""
@@ -796,13 +826,332 @@ class _RememberedSettings:
         else:
             self._settings[name] = previous
 
-    def _refused(self, raw: Any, name: str, exc: BaseException) -> None:
-        """The new server connection ``raw`` refused setting ``name``."""
-        if name in self._unchecked and not _is_outage(exc, raw):
-            self._forget_unchecked(name)
+    @contextlib.contextmanager
+    def _setting(self, raw: Any, name: str) -> Iterator[None]:
+        """Around setting ``name`` on ``raw``, a new server connection: a
+        refused value that was set while disconnected is forgotten."""
+        try:
+            yield
+        except Exception as exc:
+            if name in self._unchecked and not is_outage(exc, raw):
+                self._forget_unchecked(name)
+            raise
 
 
-class ReconnectingConnection(_RememberedSettings):
+class ConnectionState(RememberedSettings):
+    """The core of a reconnecting connection, shared by the sync shell
+    (:class:`ReconnectingConnection`) and the asyncio one
+    (``reconnecting.aio``): its state, the rules of its changes, its
+    counters, the settings memory and what a resolved commit means.
+    Nothing here talks to the server or waits: the shells connect, send,
+    wait, sleep and close, and tell this what happened.
+
+    The states: not connected (no server connection yet), connected
+    (``_raw``), disconnected (``_refusal`` says why work is refused until
+    ``rollback()``) and closed.
+    """
+
+    _blocks: list[Any]  # the transaction() blocks open, innermost last
+    _entered: Any | None = None  # psycopg2 connection in a with block (sync)
+
+    def __init__(
+        self, connection_factory: Any, resolve_commit: bool, resolve_timeout: float
+    ) -> None:
+        self._factory = connection_factory
+        self._resolve_commit = resolve_commit
+        self._resolve_timeout = resolve_timeout
+        self._raw: Any | None = None  # None unless connected
+        self._last_raw: Any | None = None
+        self._standby: Any | None = None  # _raw, if it was made to a hot standby
+        # Why work is refused until rollback(); None unless disconnected.
+        self._refusal: str | None = None
+        # The refusal tells a loss of the server session that the caller was
+        # not told of yet: rollback() keeps it until a call has said it.
+        self._untold = False
+        self._closed = False
+        self._settings: dict[str, Any] = {}
+        # Settings made with no driver connection to check them, and the
+        # values they replaced (see _remember_unchecked).
+        self._unchecked: dict[str, Any] = {}
+        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
+        self._round_trip = 0.0  # seconds, measured before the last COMMIT
+        self._disconnects = 0
+        self._reconnects = 0
+
+    @property
+    def disconnects(self) -> int:
+        """How many times a lost server connection was noticed."""
+        return self._disconnects
+
+    @property
+    def reconnects(self) -> int:
+        """How many server connections were made after the first one."""
+        return self._reconnects
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self._refusal is not None:
+            return "disconnected"
+        return "connected" if self._raw is not None else "not connected"
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} {self._state()} at {id(self):#x}>"
+
+    def _driver(self) -> Any | None:
+        """What holds the driver's exception classes (each shell knows)."""
+        return self._last_raw
+
+    def _closed_error(self, what: str = "connection") -> Exception:
+        # Behave like a closed driver connection: PEP 249's optional
+        # Connection.InterfaceError names the driver's class.
+        error_class = getattr(self._driver(), "InterfaceError", None)
+        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
+            error_class = DisconnectedConnectionError
+        return error_class(f"{what} already closed")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            self._set_setting(name, value)
+
+    def _set_setting(self, name: str, value: Any) -> None:
+        """Set the driver's setting ``name`` (each shell knows how)."""
+        raise NotImplementedError
+
+    def _expose(self, raw: Any, name: str, value: Any) -> Any:
+        """Return ``value``, read from ``raw``; its methods run on the current
+        server connection, with the contract."""
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data, classes (db.Error), row and cursor factories
+        if name in REFUSED_CALLS:
+            return refused_call(raw, name)
+        method = self._method(name, value)
+        if method is not None:
+            return method
+        return lambda *args, **kwargs: self._call(
+            lambda raw: getattr(raw, name)(*args, **kwargs)
+        )
+
+    def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
+        """A method of the driver's connection that a shell makes otherwise
+        than by running it on the current server connection, or None."""
+        return None
+
+    def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
+        raise NotImplementedError  # each shell's, sync or awaited
+
+    def _outage(self, exc: Exception, raw: Any) -> bool:
+        """Whether ``exc``, raised by ``raw`` while open, is an outage."""
+        return not self._closed and is_outage(exc, raw, raw is self._standby)
+
+    def _refuse_work(self) -> Retry:
+        """Disconnected: the Retry a call raises; a loss it tells is told now."""
+        self._untold = False
+        return refused_work(self._refusal or ALREADY_DISCONNECTED)
+
+    def _installed(self, raw: Any) -> None:
+        """``raw`` is the current server connection from now on."""
+        if self._last_raw is not None:
+            self._reconnects += 1
+            log.info("Reconnected to the database")
+        self._raw = self._last_raw = raw
+        self._unchecked.clear()  # raw accepted them all
+        self._standby = raw if _in_hot_standby(raw) else None
+        self._refusal, self._untold = None, False
+
+    def _connect_failed(self, exc: Exception) -> Retry:
+        """The factory failed with a disconnection: refuse work until rollback()."""
+        if self._closed:  # closed meanwhile: say that instead
+            raise self._closed_error() from exc
+        self._refusal = ALREADY_DISCONNECTED
+        self._disconnects += 1
+        log.warning("Could not reconnect to the database: %s", describe(exc))
+        return Retry((type(exc), exc, exc.__traceback__))
+
+    def _dropped(self, raw: Any, exc: Exception) -> bool:
+        """``raw`` failed with an outage: if it is still the current server
+        connection, enter the disconnected state and return True (the shell
+        then closes ``raw``)."""
+        if self._raw is not raw:
+            return False
+        self._raw, self._refusal = None, ALREADY_DISCONNECTED
+        self._disconnects += 1
+        log.warning("Database connection lost: %s", describe(exc))
+        return True
+
+    def _cancelled(self, raw: Any, what: str) -> None:
+        """A call on ``raw`` was cancelled midway (asyncio): whatever its
+        transaction did goes with the server connection, which the shell
+        closes, so work is refused until ``rollback()``, as after an outage."""
+        if self._raw is raw:
+            self._raw = None
+            self._refusal = f"Interrupted by cancellation during a {what}"
+            log.info("Cancelled during a %s; closing the server connection", what)
+
+    def _nothing_done(self) -> bool:
+        """Not connected since the last ``rollback()``: nothing to commit."""
+        return self._raw is None and self._refusal is None and not self._closed
+
+    def _may_have_committed(self, raw: Any, exc: Exception) -> bool:
+        """A statement of the caller's lost ``raw``: whether it may have
+        committed (autocommit, outside any block, on a session that could
+        write), so that it is not safe to redo."""
+        standby = raw is self._standby
+        return (
+            is_disconnection(exc, raw, standby)
+            and raw.autocommit
+            and self._entered is None
+            and not self._blocks
+            and not cannot_write(raw, standby)
+        )
+
+    def _block_ending(self, failed: bool, began: int | None = None) -> str:
+        """How a ``with`` block on the connection ends: 'commit',
+        'rollback' (after an error), 'lost' (an outage inside the block,
+        which began at ``began`` disconnects, lost part of its work: commit
+        none of it, whatever ran after a rollback in it), or 'nothing'
+        (closed)."""
+        if self._closed:
+            return "nothing"
+        if failed:
+            return "rollback"
+        return "commit" if began in (None, self._disconnects) else "lost"
+
+    def _to_roll_back(self) -> Any | None:
+        """rollback(): the server connection to roll back, if any.  While
+        disconnected, it leaves the state, unless that tells a loss the
+        caller was not told of yet."""
+        if self._closed:
+            raise self._closed_error()
+        if self._refusal is not None:
+            if not self._untold:
+                self._refusal = None
+            return None
+        return self._raw
+
+    def _rollback_cancelled(self) -> None:
+        """A ``rollback()`` was cancelled (asyncio): if its server connection
+        was dropped, the server rolls back as the connection closes."""
+        if self._raw is None:
+            self._refusal = None
+
+    def _session_gone(self, why: str) -> None:
+        """The server session is gone and the caller was not told: the next
+        call says ``why``, and rollback() does not leave the state before."""
+        if self._raw is None and self._refusal is not None:
+            self._refusal = ALREADY_DISCONNECTED + why
+            self._untold = True
+
+    def _written(self, raw: Any) -> Generator[Question, Any, Written | None]:
+        """The open transaction's id and server, if it wrote anything: yields
+        the query to ask on ``raw`` and is sent the first row of its answer."""
+        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
+        if raw.info.transaction_status in (0, 3):
+            return None
+        # The server's identity is asked once per server connection, with
+        # the first id: reading it (pg_control_system) costs a file read.
+        known = self._server
+        ask_server = known is None or known[0] is not raw
+        started = time.monotonic()
+        row = yield id_query(raw.info.server_version, ask_server), ()
+        self._round_trip = time.monotonic() - started
+        if ask_server or known is None:
+            known = self._server = (raw, tuple(row[1:]))
+        return None if row[0] is None else (row[0], known[1])
+
+    def _resolution(self, written: Written, clock: Callable[[], float]) -> Resolution:
+        """The decisions for resolving the interrupted commit of ``written``."""
+        return Resolution(*written, self._resolve_timeout, self._round_trip, clock)
+
+    def _resolved(
+        self, transaction_id: str, status: str, retry: Retry, exc: Exception
+    ) -> None:
+        """Act on what became of an interrupted commit; see ``commit()``."""
+        if status == "committed":
+            # The data is safe, but the server session that held the
+            # caller's locks, temporary tables and LISTENs is gone: the
+            # connection stays disconnected, so the next call says so.
+            self._session_gone(SESSION_REPLACED)
+            log.info("Commit of transaction %s confirmed", transaction_id)
+            return
+        if status == "aborted":
+            log.info("Transaction %s was rolled back; retrying", transaction_id)
+            raise retry from exc
+        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
+        raise CommitOutcomeUnknown(transaction_id, status) from exc
+
+
+# A question of the core to the server: a query and its (empty) parameters.
+Question = tuple[str, tuple[()]]
+# What a transaction that wrote is known by: its id, and the identity of
+# the server that gave it (see _SERVER).
+Written = tuple[str, tuple[Any, ...]]
+
+# A new connection and one question take a few round trips and a server
+# process start; a resolution waits this much plus ten measured round trips
+# after its deadline for the question asked last.
+CONNECT_GRACE = 0.5
+
+
+class Resolution:
+    """The decisions of resolving an interrupted commit, for either shell.
+
+    The shell connects and asks (:func:`status_questions`) until this says
+    to stop, sleeping the pauses it says, and closes what it made; ``status``
+    is then 'committed', 'aborted', or why nobody could tell.  The server is
+    asked at least once, and again while it cannot be reached or the
+    transaction is in progress, until ``deadline``; an answer is awaited
+    until ``until``, as the last question may still be on its way.
+    """
+
+    def __init__(
+        self,
+        transaction_id: str,
+        server: tuple[Any, ...],
+        timeout: float,
+        round_trip: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.transaction_id = transaction_id
+        self.server = server
+        self.deadline = clock() + timeout
+        self.until = self.deadline + CONNECT_GRACE + 10 * round_trip
+        self.status = "unreachable"
+        self._clock = clock
+        self._pause = 0.01
+
+    def questions(self, server_version: int) -> Generator[Question, Any, str]:
+        """The questions to ask a server connection of ``server_version``."""
+        return status_questions(server_version, self.transaction_id, self.server)
+
+    def failed(self, error: Exception, raw: Any) -> bool:
+        """Asking over ``raw`` (None: connecting) failed: True if it was an
+        outage, after which the shell closes ``raw`` and asks again anew."""
+        if is_outage(error, raw):
+            self.status = "unreachable"
+            return True
+        self.status = f"status query failed ({describe(error)})"
+        return False
+
+    def pause(self) -> float | None:
+        """Seconds to wait before asking again, or None: ``status`` is final."""
+        left = self.deadline - self._clock()
+        if self.status not in ("in progress", "unreachable") or left <= 0:
+            return None
+        pause = min(self._pause, left)  # back off between questions
+        self._pause = min(self._pause * 2, 0.5)
+        return pause
+
+
+class ReconnectingConnection(ConnectionState):
     """A DB-API connection that reconnects after ``rollback()``.
 
     ``connection_factory`` is called with no arguments whenever a server
@@ -826,61 +1175,15 @@ class ReconnectingConnection(_RememberedSettings):
         resolve_commit: bool = False,
         resolve_timeout: float = 10.0,
     ) -> None:
-        self._factory = connection_factory
-        self._resolve_commit = resolve_commit
-        self._resolve_timeout = resolve_timeout
-        self._raw: Any | None = None  # None unless connected
-        self._last_raw: Any | None = None
+        super().__init__(connection_factory, resolve_commit, resolve_timeout)
         self._driver_module: Any | None = None  # see _driver()
-        self._disconnected = False
-        # Why the server session was lost, while the caller was not told
-        # yet: the next call raises Retry saying it, and until then
-        # rollback() does not leave the disconnected state.
-        self._untold = ""
-        self._closed = False
-        self._settings: dict[str, Any] = {}
-        # Settings made with no driver connection to check them, and the
-        # values they replaced (see _remember_unchecked).
-        self._unchecked: dict[str, Any] = {}
         self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
-        self._server: tuple[Any, tuple[Any, ...]] | None = None  # (raw, identity)
-        self._round_trip = 0.0  # seconds, measured before the last COMMIT
-        self._blocks: list[_TransactionBlock] = []  # transaction() blocks open
+        self._blocks: list[TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
         # The disconnects count when a with block that is one transaction
         # began: an outage inside it means part of its work is lost.
         self._block_began: int | None = None
         self._lock = threading.RLock()
-        self._disconnects = 0
-        self._reconnects = 0
-
-    # -- state ---------------------------------------------------------------
-
-    @property
-    def disconnects(self) -> int:
-        """How many times a lost server connection was noticed."""
-        return self._disconnects
-
-    @property
-    def reconnects(self) -> int:
-        """How many server connections were made after a disconnection."""
-        return self._reconnects
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def _state(self) -> str:
-        if self._closed:
-            return "closed"
-        if self._disconnected:
-            return "disconnected"
-        return "connected" if self._raw is not None else "not connected"
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} {self._state()} at {id(self):#x}>"
 
     def _driver(self) -> Any | None:
         """The holder of the driver's exception classes, found without
@@ -891,14 +1194,6 @@ class ReconnectingConnection(_RememberedSettings):
             self._driver_module = _driver_of(self._factory)
         return self._driver_module
 
-    def _closed_error(self, what: str = "connection") -> Exception:
-        # Behave like a closed driver connection: PEP 249's optional
-        # Connection.InterfaceError names the driver's class.
-        error_class = getattr(self._driver(), "InterfaceError", None)
-        if not (isinstance(error_class, type) and issubclass(error_class, Exception)):
-            error_class = DisconnectedConnectionError
-        return error_class(f"{what} already closed")
-
     def _connection(self) -> Any:
         """Return the current server connection, making one if needed."""
         raw = self._raw
@@ -907,15 +1202,14 @@ class ReconnectingConnection(_RememberedSettings):
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            if self._disconnected:
-                why, self._untold = self._untold, ""  # told now
-                raise _already_disconnected(why)
+            if self._refusal is not None:
+                raise self._refuse_work()
             if self._raw is not None:
                 return self._raw
         # Connect outside the lock, so that close() never waits for it.
         raw = self._connect()
         with self._lock:
-            if self._raw is None and not self._disconnected and not self._closed:
+            if self._raw is None and self._refusal is None and not self._closed:
                 self._install(raw)
                 return raw
             current, closed = self._raw, self._closed
@@ -928,30 +1222,21 @@ class ReconnectingConnection(_RememberedSettings):
 
     def _install(self, raw: Any) -> None:
         """Make ``raw`` the current server connection (the lock is held)."""
-        if self._last_raw is not None:
-            self._reconnects += 1
-            log.info("Reconnected to the database")
         if self._entered is not None:
             raw.__enter__()  # the rest of a psycopg2 with block: one transaction
             self._entered = raw
-        self._raw, self._last_raw = raw, raw
-        self._disconnected, self._untold = False, ""
+        self._installed(raw)
 
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = self._factory()
-        _note_standby_session(raw)
         try:
             for name, value in list(self._settings.items()):
-                try:
+                with self._setting(raw, name):
                     setattr(raw, name, value)
-                except Exception as exc:
-                    self._refused(raw, name, exc)
-                    raise
         except BaseException:
             _close_quietly(raw)
             raise
-        self._unchecked.clear()  # all accepted
         return raw
 
     def _connect(self) -> Any:
@@ -963,36 +1248,22 @@ class ReconnectingConnection(_RememberedSettings):
             if not is_disconnection(exc, None):
                 raise
             with self._lock:
-                if self._closed:
-                    raise self._closed_error() from exc
-                self._disconnected = True
-                self._disconnects += 1
-            log.warning("Could not reconnect to the database: %s", _describe(exc))
-            raise Retry((type(exc), exc, exc.__traceback__)) from exc
+                retry = self._connect_failed(exc)
+            raise retry from exc
 
     def _lost(self, raw: Any, exc: Exception) -> Retry:
         """Enter the disconnected state if ``raw`` is still the current one."""
         with self._lock:
-            if self._raw is raw:
-                self._raw = None
-                self._disconnected = True
-                self._disconnects += 1
-                log.warning("Database connection lost: %s", _describe(exc))
+            if self._dropped(raw, exc):
                 _close_quietly(raw)
         return Retry((type(exc), exc, exc.__traceback__))
 
     def _statement_lost(self, raw: Any, exc: Exception) -> Exception:
         """``_lost()``, for a statement of the caller's that was running: in
         autocommit mode it may have committed, unless it could not write."""
-        unknown = (
-            is_disconnection(exc, raw)
-            and raw.autocommit
-            and self._entered is None
-            and not self._blocks
-            and not _cannot_write(raw)
-        )
+        unknown = self._may_have_committed(raw, exc)
         retry = self._lost(raw, exc)
-        return _statement_in_doubt(exc) if unknown else retry
+        return statement_in_doubt(exc) if unknown else retry
 
     def _call(self, function: Callable[[Any], Any], statement: bool = False) -> Any:
         """Run ``function(raw_connection)``, turning disconnections into Retry
@@ -1001,7 +1272,7 @@ class ReconnectingConnection(_RememberedSettings):
         try:
             return function(raw)
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1015,7 +1286,7 @@ class ReconnectingConnection(_RememberedSettings):
         try:
             yield from start(raw)
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             if statement:
                 raise self._statement_lost(raw, exc) from exc
@@ -1053,23 +1324,17 @@ class ReconnectingConnection(_RememberedSettings):
         if self._blocks:  # as psycopg: the block's end rolls back
             raise self._blocks[-1].misuse("rollback")
         with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            if self._disconnected:
-                self._disconnected = bool(self._untold)  # told: leave it
-                return
-            raw = self._raw
+            raw = self._to_roll_back()
         if raw is None:
             return
         try:
             raw.rollback()
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             self._lost(raw, exc)
             with self._lock:
-                if self._raw is None and self._disconnected:
-                    self._untold = _SESSION_LOST
+                self._session_gone(SESSION_LOST)
 
     def close(self) -> None:
         """Close for good; later use raises the driver's ``InterfaceError``.
@@ -1102,25 +1367,18 @@ class ReconnectingConnection(_RememberedSettings):
         """
         closing = _is_psycopg3(self._last_raw)
         began, self._block_began = self._block_began, None
+        ending = self._block_ending(exc_type is not None, began)
         try:
-            if self._closed:
-                return
-            if exc_type is None and began in (None, self._disconnects):
+            if ending == "commit":
                 self.commit()
-                return
-            if exc_type is None:
-                # An outage inside the block lost its first part, whatever
-                # ran after a rollback in it: commit none of it.
+            elif ending == "lost":
                 self.rollback()
-                error = DisconnectedConnectionError(
-                    "the connection was lost inside the with block,"
-                    " which committed nothing"
-                )
-                raise Retry((DisconnectedConnectionError, error, None))
-            try:
-                self.rollback()
-            except Exception as error:  # keep the block's own exception
-                log.warning("Rollback at the end of a block failed: %s", error)
+                raise refused_work(BLOCK_LOST)
+            elif ending == "rollback":
+                try:
+                    self.rollback()
+                except Exception as error:  # keep the block's own exception
+                    _rollback_failed(error)
         finally:
             entered, self._entered = self._entered, None
             if entered is not None and entered is self._raw:
@@ -1139,52 +1397,44 @@ class ReconnectingConnection(_RememberedSettings):
         if raw is None:
             if name in self._settings:
                 return self._settings[name]  # remembered: no server needed
-            if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
-                error_class = getattr(self._driver(), name, None)
-                if error_class is None:
-                    raise AttributeError(f"{name}: the driver is not known yet")
-                return error_class
-            raw = self._last_raw
-            if raw is None:
-                raw = self._connection()  # first use
-            try:
-                # The last server connection still knows its plain attributes.
-                return self._expose(raw, name, getattr(raw, name))
-            except AttributeError:
-                raise
-            except Exception as exc:
-                raise _already_disconnected() from exc
+            return self._attribute_unconnected(name)
         try:  # the hot path: the connected driver's data, read as it is
             value = getattr(raw, name)
         except Exception:
             value = self._call(lambda raw: getattr(raw, name))  # or Retry
         return self._expose(raw, name, value)
 
-    def _expose(self, raw: Any, name: str, value: Any) -> Any:
-        """Return ``value``, read from ``raw``; its methods run on the current
-        server connection, with the contract."""
-        if getattr(value, "__self__", None) is not raw:
-            return value  # data, classes (db.Error), row and cursor factories
-        if name in _REFUSED:
-            return _refusal(raw, name)
+    def _attribute_unconnected(self, name: str) -> Any:
+        if name in _EXCEPTIONS:  # for `except db.Error:`, connected or not
+            error_class = getattr(self._driver(), name, None)
+            if error_class is None:
+                raise AttributeError(f"{name}: the driver is not known yet")
+            return error_class
+        raw = self._last_raw
+        if raw is None:
+            raw = self._connection()  # first use
+        try:
+            # The last server connection still knows its plain attributes.
+            return self._expose(raw, name, getattr(raw, name))
+        except AttributeError:
+            raise
+        except Exception as exc:
+            raise refused_work() from exc
+
+    def _method(self, name: str, value: Any) -> Callable[..., Any] | None:
         if name in _SESSION_METHODS:
             return lambda *args, **kwargs: self._set_by_call(name, args, kwargs)
         if name == "transaction":  # psycopg 3: a block whose COMMIT is ours
-            return lambda *args, **kwargs: _TransactionBlock(self, *args, **kwargs)
+            return lambda *args, **kwargs: TransactionBlock(self, *args, **kwargs)
         if name == "execute":  # psycopg 3: a cursor of ours, not the driver's
             return lambda *args, **kwargs: self.cursor().execute(*args, **kwargs)
         if name == "notifies":  # psycopg 3: a generator talking to the server
             return lambda *args, **kwargs: self._iterate(
                 lambda raw: raw.notifies(*args, **kwargs)
             )
-        return lambda *args, **kwargs: self._call(
-            lambda raw: getattr(raw, name)(*args, **kwargs)
-        )
+        return None
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-            return
+    def _set_setting(self, name: str, value: Any) -> None:
         raw = self._raw
         if raw is None:
             if self._closed:
@@ -1192,12 +1442,12 @@ class ReconnectingConnection(_RememberedSettings):
             if self._last_raw is None:
                 raw = self._connection()  # first use: the driver must check it
         if raw is not None:
-            _check_setting(raw, name)
+            check_setting(raw, name)
             self._call(lambda raw: setattr(raw, name, value))
             self._settings[name] = getattr(raw, name)  # as the driver reads it
             return
         raw = self._last_raw
-        _check_setting(raw, name)
+        check_setting(raw, name)
         try:
             setattr(raw, name, value)  # a closed connection still says no
         except AttributeError:
@@ -1242,7 +1492,7 @@ class ReconnectingConnection(_RememberedSettings):
         measured just before ``COMMIT``), and the server is asked at least
         once.
         """
-        if self._raw is None and not self._disconnected and not self._closed:
+        if self._nothing_done():
             return  # nothing was done, so there is nothing to commit
         if self._blocks:
             raise self._blocks[-1].misuse("commit")
@@ -1252,73 +1502,35 @@ class ReconnectingConnection(_RememberedSettings):
         raw = self._connection()
         written, kept = None, []
         try:
-            written = self._transaction_id(raw)
+            written = _answer(raw, self._written(raw))
             if written is not None:
                 kept = _keep_results(self._cursors, raw)
             raw.commit()
         except Exception as exc:
-            if self._closed or not _is_outage(exc, raw):
+            if not self._outage(exc, raw):
                 raise
             retry = self._lost(raw, exc)
             if written is None:
                 raise retry from exc  # nothing was written: safe to redo
-            self._resolve(*written, retry, exc)
+            self._resolve(written, retry, exc)
             for cursor, result in kept:
                 cursor._kept = result
 
-    def _transaction_id(self, raw: Any) -> tuple[str, tuple[Any, ...]] | None:
-        """Return the open transaction's id and server, if it wrote anything."""
-        # 0 is idle, 3 in error: nothing that COMMIT could make durable.
-        if raw.info.transaction_status in (0, 3):
-            return None
-        # The server's identity is asked once per server connection, with
-        # the first id: reading it (pg_control_system) costs a file read.
-        known = self._server
-        ask_server = known is None or known[0] is not raw
-        started = time.monotonic()
-        cursor = _plain_cursor(raw)
-        try:
-            cursor.execute(_id_query(raw.info.server_version, ask_server))
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        self._round_trip = time.monotonic() - started
-        if ask_server or known is None:
-            known = self._server = (raw, tuple(row[1:]))
-        return None if row[0] is None else (row[0], known[1])
-
-    def _resolve(
-        self, transaction_id: str, server: tuple[Any, ...], retry: Retry, exc: Exception
-    ) -> None:
+    def _resolve(self, written: Written, retry: Retry, exc: Exception) -> None:
         """Find out what became of an interrupted commit; see :meth:`commit`."""
-        deadline = time.monotonic() + self._resolve_timeout
-        asking = _Asking(self._open, transaction_id, server, deadline)
-        # The last question asked before the deadline may still be on its way.
-        grace = _CONNECT_GRACE + 10 * self._round_trip
-        status, raw = asking.answer(deadline + grace)
+        resolution = self._resolution(written, time.monotonic)
+        status, raw = _Asking(self._open, resolution).answer()
         if raw is not None:
             _close_quietly(raw)
-        if status == "committed":
-            # The data is safe, but the server session that held the
-            # caller's locks, temporary tables and LISTENs is gone: the
-            # connection stays disconnected, so the next call says so.
-            with self._lock:
-                if self._raw is None and self._disconnected:
-                    self._untold = _SESSION_REPLACED
-            log.info("Commit of transaction %s confirmed", transaction_id)
-            return
-        if status == "aborted":
-            log.info("Transaction %s was rolled back; retrying", transaction_id)
-            raise retry from exc
-        log.error("Outcome of transaction %s unknown: %s", transaction_id, status)
-        raise CommitOutcomeUnknown(transaction_id, status) from exc
+        with self._lock:
+            self._resolved(written[0], status, retry, exc)
 
 
 def _commit(raw: Any) -> None:
     raw.commit()
 
 
-def _plain_cursor(raw: Any) -> Any:
+def plain_cursor(raw: Any) -> Any:
     """A cursor for our own questions: rows as tuples, whatever the caller set."""
     if _is_psycopg3(raw):
         return raw.cursor(row_factory=_tuple_row)
@@ -1392,67 +1604,47 @@ def _keep_results(
     return kept
 
 
-# A new connection and one question take a few round trips and a server
-# process start; _resolve() waits this much plus ten measured round trips
-# after the deadline for the question asked last.
-_CONNECT_GRACE = 0.5
-
-
 class _Asking:
     """Asks the server what became of a transaction, in a thread of its own.
 
     The factory may block for as long as the network lets it; the caller
-    waits only until its deadline, and a connection that arrives after
-    the caller stopped waiting is closed.
+    waits only until the resolution's ``until``, and a connection that
+    arrives after the caller stopped waiting is closed.
     """
 
-    def __init__(
-        self,
-        connect: Callable[[], Any],
-        transaction_id: str,
-        server: tuple[Any, ...],
-        deadline: float,
-    ) -> None:
+    def __init__(self, connect: Callable[[], Any], resolution: Resolution) -> None:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._abandoned = False
-        self._status, self._raw = "unreachable", None
+        self._raw: Any | None = None
+        self._resolution = resolution
         thread = threading.Thread(
             target=self._ask,
-            args=(connect, transaction_id, server, deadline),
+            args=(connect,),
             name="reconnecting: resolving a commit",
             daemon=True,
         )
         thread.start()
 
-    def _ask(
-        self,
-        connect: Callable[[], Any],
-        transaction_id: str,
-        server: tuple[Any, ...],
-        deadline: float,
-    ) -> None:
-        raw, pause = None, 0.01
-        while True:  # at least once, then until an answer or the deadline
+    def _ask(self, connect: Callable[[], Any]) -> None:
+        resolution, raw = self._resolution, None
+        while True:  # at least once, then while the resolution says so
             try:
                 raw = raw or connect()
-                status = _transaction_status(raw, transaction_id, server)
+                questions = resolution.questions(raw.info.server_version)
+                try:
+                    resolution.status = _answer(raw, questions)
+                finally:
+                    raw.rollback()
             except Exception as error:
-                if not _is_outage(error, raw):
-                    status = f"status query failed ({_describe(error)})"
-                    break
-                if raw is not None:
+                if resolution.failed(error, raw) and raw is not None:
                     _close_quietly(raw)
-                raw, status = None, "unreachable"
-            left = deadline - time.monotonic()
-            if status not in ("in progress", "unreachable") or left <= 0:
+                    raw = None
+            pause = resolution.pause()
+            if pause is None or self._abandoned:
                 break
-            if self._abandoned:
-                break
-            time.sleep(min(pause, left))  # back off between questions
-            pause = min(pause * 2, 0.5)
+            time.sleep(pause)
         with self._lock:
-            self._status = status
             if self._abandoned:
                 if raw is not None:
                     _close_quietly(raw)
@@ -1460,26 +1652,28 @@ class _Asking:
                 self._raw = raw
             self._done.set()
 
-    def answer(self, until: float) -> tuple[str, Any]:
-        """The status and the connection that got it, or no answer in time."""
-        self._done.wait(max(0.0, until - time.monotonic()))
+    def answer(self) -> tuple[str, Any]:
+        """The status and the connection that got it, or, past the
+        resolution's ``until``, no answer in time."""
+        resolution = self._resolution
+        self._done.wait(max(0.0, resolution.until - time.monotonic()))
         with self._lock:
             if not self._done.is_set():
                 self._abandoned = True
                 return "no answer in time", None
-            return self._status, self._raw
+            return resolution.status, self._raw
 
 
 # Which server assigned a transaction id, and since when: an id means
 # nothing on another cluster (the next host of a multi-host DSN), and after
-# a restart it may have been handed out again (see _status_questions).
+# a restart it may have been handed out again (see status_questions).
 _SERVER = (
     "(SELECT system_identifier FROM pg_control_system())::text,"
     " pg_postmaster_start_time()::text"
 )
 
 
-def _id_query(server_version: int, ask_server: bool) -> str:
+def id_query(server_version: int, ask_server: bool) -> str:
     """The query for the open transaction's id (and the server's identity)."""
     current = (
         "pg_current_xact_id_if_assigned()"
@@ -1489,7 +1683,7 @@ def _id_query(server_version: int, ask_server: bool) -> str:
     return f"SELECT {current}::text" + (", " + _SERVER) * ask_server
 
 
-def _status_questions(
+def status_questions(
     server_version: int, transaction_id: str, server: tuple[Any, ...]
 ) -> Generator[tuple[str, tuple[()]], Any, str]:
     """The rules for what became of a transaction, as questions to the server.
@@ -1529,28 +1723,31 @@ def _status_questions(
     return str(status)
 
 
-def _transaction_status(raw: Any, transaction_id: str, server: tuple[Any, ...]) -> str:
-    """Ask the server: 'committed', 'aborted', 'in progress', or why not."""
-    questions = _status_questions(raw.info.server_version, transaction_id, server)
-    cursor = _plain_cursor(raw)
+def _answer(raw: Any, questions: Generator[Question, Any, T]) -> T:
+    """Ask ``raw`` the core's ``questions``, sending each the first row of
+    its answer (or throwing its error); return what they conclude."""
+    cursor = plain_cursor(raw)
     try:
         question = next(questions)
         while True:
             try:
                 cursor.execute(*question)
-                answer = cursor.fetchone()
             except Exception as error:
                 question = questions.throw(error)
             else:
-                question = questions.send(answer)
+                question = questions.send(cursor.fetchone())
     except StopIteration as end:
-        return str(end.value)
+        result: T = end.value
+        return result
     finally:
         cursor.close()
-        raw.rollback()
 
 
-def _describe(exc: BaseException) -> str:
+def _rollback_failed(error: Exception) -> None:
+    log.warning("Rollback at the end of a block failed: %s", error)
+
+
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip()}"
 
 
@@ -1574,7 +1771,7 @@ class Attempt:
     connection back, and goes on to the caller.
     """
 
-    def __init__(self, loop: _AttemptLoop, number: int) -> None:
+    def __init__(self, loop: AttemptLoop, number: int) -> None:
         self._loop = loop
         #: 1 for the first attempt, 2 for the second, ...
         self.number = number
@@ -1589,39 +1786,33 @@ class Attempt:
     def __enter__(self) -> Attempt:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        if exc is None:
+    def __exit__(self, *exc_info: object) -> bool:
+        if exc_info[1] is None:
             return False
         self._loop.db.rollback()
-        if not isinstance(exc, Retry):
-            return False
-        pause = self._loop.pause_after(self.number)
-        if pause is None:
-            return False  # out of tries or time: the last Retry goes on
-        self.error, self.pause = exc, pause
-        log.debug("Attempt %d interrupted; next in %.3f s", self.number, pause)
-        return True
+        return self._loop.retried(self, exc_info[1])
 
 
-class _AttemptLoop:
+class AttemptLoop:
+    """The pacing of :func:`attempts`, sync and asyncio alike (a building
+    block of the shells): how many tries, until when, and the pause after
+    each failed one.  The shells only roll back and sleep."""
+
     def __init__(
         self,
         db: Any,
         tries: int,
-        give_up_at: float,
+        deadline: float,
         base_pause: float,
         max_pause: float,
         jitter: Callable[[], float],
         clock: Callable[[], float],
     ) -> None:
+        if tries < 1:
+            raise ValueError(f"tries must be at least 1, not {tries!r}")
         self.db = db
         self.tries = tries
-        self.give_up_at = give_up_at
+        self.give_up_at = clock() + deadline
         self.base_pause = base_pause
         self.max_pause = max_pause
         self.jitter = jitter
@@ -1638,6 +1829,24 @@ class _AttemptLoop:
         if self.clock() + pause > self.give_up_at:
             return None  # no attempt starts after the deadline
         return pause
+
+    def retried(self, attempt: Attempt, exc: object) -> bool:
+        """Whether ``attempt``, rolled back after ``exc``, is retried: a
+        :class:`Retry` with tries and time left.  Its pause is recorded."""
+        if not isinstance(exc, Retry):
+            return False
+        pause = self.pause_after(attempt.number)
+        if pause is None:
+            return False  # out of tries or time: the last Retry goes on
+        attempt.error, attempt.pause = exc, pause
+        log.debug("Attempt %d interrupted; next in %.3f s", attempt.number, pause)
+        return True
+
+    def attempts(self, attempt_class: Callable[[AttemptLoop, int], A]) -> Iterator[A]:
+        """Attempts 1, 2, ...: after each, the caller stops if its ``pause``
+        is None (it got through, or its error went on), else sleeps that long."""
+        for number in range(1, self.tries + 1):
+            yield attempt_class(self, number)
 
 
 def attempts(
@@ -1678,13 +1887,8 @@ def attempts(
     ``sleep``, ``jitter`` (a number from 0 to 1) and ``clock`` are there
     for tests; each :class:`Attempt` records its ``pause``.
     """
-    if tries < 1:
-        raise ValueError(f"tries must be at least 1, not {tries!r}")
-    loop = _AttemptLoop(
-        db, tries, clock() + deadline, base_pause, max_pause, jitter, clock
-    )
-    for number in range(1, tries + 1):
-        attempt = Attempt(loop, number)
+    loop = AttemptLoop(db, tries, deadline, base_pause, max_pause, jitter, clock)
+    for attempt in loop.attempts(Attempt):
         yield attempt
         if attempt.pause is None:
             return  # it got through (or its error went to the caller)
