@@ -116,9 +116,6 @@ def test_every_kind_of_import_counts(package):
 # Modules whose private imports are not checked yet: reconnecting.testing's
 # fixtures import helpers of one another (_free_port, _tail, _name), and
 # are being reorganised apart from the core.
-NOT_CHECKED_YET = ("reconnecting.testing",)
-
-
 def private_imports(name, path, found):
     """The underscore names module *name* imports from the package's other
     modules (``from m import _x``, or ``m._x`` after ``import m``)."""
@@ -159,7 +156,6 @@ def all_private_imports(package_dir):
     return {
         name: sorted(set(private_imports(name, path, found)))
         for name, path in found.items()
-        if not name.startswith(NOT_CHECKED_YET)
     }
 
 
