@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any
 
-from reconnecting.connection import (
+from .connection import (
     _CONNECT_GRACE,
     _NOT_STATEMENTS,
     _REFUSED,

@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("reconnecting")
+# Silent until the application configures logging, here and not in the
+# package's __init__.py, since this module is also copied on its own.
+log.addHandler(logging.NullHandler())
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
