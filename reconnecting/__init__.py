@@ -13,17 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
 
-from reconnecting.connection import (
-    Attempt,
-    CommitOutcomeUnknown,
-    DisconnectedConnectionError,
-    ReconnectingConnection,
-    ReconnectingCursor,
-    Retry,
-    StatementOutcomeUnknown,
-    attempts,
-    is_disconnection,
-)
+from reconnecting import connection
+from reconnecting.connection import *  # noqa: F403 (the core's public names)
 
 if TYPE_CHECKING:
     from reconnecting.aio import (
@@ -33,18 +24,8 @@ if TYPE_CHECKING:
         ReconnectingDatabaseAdapter as ReconnectingDatabaseAdapter,
     )
 
-__all__ = [
-    "AsyncReconnectingConnection",
-    "Attempt",
-    "CommitOutcomeUnknown",
-    "DisconnectedConnectionError",
-    "ReconnectingConnection",
-    "ReconnectingCursor",
-    "Retry",
-    "StatementOutcomeUnknown",
-    "attempts",
-    "is_disconnection",
-]
+__all__ = ["AsyncReconnectingConnection"]
+__all__ += connection.__all__
 
 _LAZY = {
     "AsyncReconnectingConnection": "reconnecting.aio",  # imports asyncio
