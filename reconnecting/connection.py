@@ -544,13 +544,16 @@ _UNUSED_CURSOR = {
 }
 
 
-# The attributes that psycopg2's and psycopg 3's cursors both have, and
-# those a cursor answers before it has run anything: a cursor of ours has
-# them before it has a driver cursor to read them from.  The others are
-# added with the first driver cursor of their class (see _DriverAttribute).
+# The attributes that psycopg2's and psycopg 3's cursors both have, those a
+# cursor answers before it has run anything, and the settings of either
+# driver's named cursors: a cursor of ours has them before it has a driver
+# cursor to read them from, so that setting one then is not lost on our
+# object.  The others are added with the first driver cursor of their class
+# (see _DriverAttribute).
 _DRIVER_CURSOR_NAMES = (
     "arraysize description nextset row_factory rowcount rownumber scroll"
     " setinputsizes setoutputsize statusmessage query pgresult"
+    " itersize name scrollable withhold tzinfo_factory"
 ).split()
 
 
