@@ -121,11 +121,13 @@ def report_three(label, times):
         additions(ours, raw),
     )
     us = 1e6
+    # A pass-through addition lost in the noise makes no ratio.
+    ratio = f"{o / p:.2f}" if p > 0 else "none (pass-through adds nothing measurable)"
     print(
         f"{label}: raw {direct * us:.1f} us per round trip;"
         f" pass-through adds {p * us:.2f} us ({p_low * us:.2f} to {p_high * us:.2f}),"
         f" ours {o * us:.2f} us ({o_low * us:.2f} to {o_high * us:.2f});"
-        f" ours / pass-through addition {o / p:.2f} (target <= 1.5);"
+        f" ours / pass-through addition {ratio} (target <= 1.5);"
         f" ours / raw {(direct + o) / direct:.3f} (target <= 1.03);"
         f" {len(raw)} rounds"
     )
