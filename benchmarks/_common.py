@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import importlib
+import statistics
 import time
 
 from reconnecting.testing import PgTestSetup
@@ -66,3 +67,67 @@ def alternating_blocks(first, second, pairs):
             b, a = round_trips(second), round_trips(first)
         times.append((a, b))
     return times
+
+
+class PassThrough:
+    """The least a cursor wrapper can be: two methods passing the call on."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def execute(self, query, params=None):
+        return self.cursor.execute(query, params)
+
+    def fetchone(self):
+        return self.cursor.fetchone()
+
+
+def rotating_round_trips(cursors, rounds):
+    """Time one round trip on each cursor per round, the first one changing
+    from round to round; return each cursor's seconds, round by round."""
+    times = [[] for _ in cursors]
+    for number in range(rounds):
+        for index in range(number, number + len(cursors)):
+            index %= len(cursors)
+            cursor = cursors[index]
+            started = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            times[index].append(time.perf_counter() - started)
+    return times
+
+
+SLICES = 10  # the rounds are cut in this many slices to show the spread
+
+
+def additions(times, base):
+    """The median, over rounds, of what ``times`` took beyond ``base`` in the
+    same round (seconds); and its lowest and highest over ``SLICES`` slices."""
+    added = [t - b for t, b in zip(times, base, strict=True)]
+    size = len(added) // SLICES
+    slices = [
+        statistics.median(added[i : i + size]) for i in range(0, size * SLICES, size)
+    ]
+    return statistics.median(added), min(slices), max(slices)
+
+
+def report_three(label, times):
+    """Print what the pass-through and ours add to the raw driver's round
+    trip, from the times of ``rotating_round_trips([raw, pass, ours])``."""
+    raw, passing, ours = times
+    direct = statistics.median(raw)
+    (p, p_low, p_high), (o, o_low, o_high) = (
+        additions(passing, raw),
+        additions(ours, raw),
+    )
+    us = 1e6
+    # A pass-through addition lost in the noise makes no ratio.
+    ratio = f"{o / p:.2f}" if p > 0 else "none (pass-through adds nothing measurable)"
+    print(
+        f"{label}: raw {direct * us:.1f} us per round trip;"
+        f" pass-through adds {p * us:.2f} us ({p_low * us:.2f} to {p_high * us:.2f}),"
+        f" ours {o * us:.2f} us ({o_low * us:.2f} to {o_high * us:.2f});"
+        f" ours / pass-through addition {ratio} (target <= 1.5);"
+        f" ours / raw {(direct + o) / direct:.3f} (target <= 1.03);"
+        f" {len(raw)} rounds"
+    )

@@ -33,13 +33,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 from .connection import (
+    DRIVER_CURSOR_NAMES,
     NOT_STATEMENTS,
-    REFUSED_CALLS,
     SESSION_LOST,
     Attempt,
     AttemptLoop,
     CommitOutcomeUnknown,
     ConnectionState,
+    CursorBase,
     DisconnectedConnectionError,
     Question,
     Resolution,
@@ -47,11 +48,11 @@ from .connection import (
     StatementOutcomeUnknown,
     TransactionBlock,
     Written,
+    add_driver_attributes,
     check_setting,
     is_disconnection,
     log,
     plain_cursor,
-    refused_call,
     statement_in_doubt,
 )
 
@@ -521,24 +522,21 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
     statement = name not in _NOT_STATEMENTS_ASYNC
 
     async def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        # The hot path, kept short: one check, then straight to the driver.
-        connection = self._connection
-        raw = connection._raw  # None while disconnected or closed
-        turn = connection._turn
-        if raw is None or raw is not self._raw_connection or turn.busy:
+        raw_cursor = self._live  # the hot path: see ReconnectingCursor._live
+        turn = self._turn
+        if raw_cursor is None or turn.busy:
             result = await self._run(name, args, kwargs)
         else:
-            turn.busy = True
+            turn.busy = True  # free, so taken at once (see _Turn.take)
             try:
                 result = await _closing_first(
-                    getattr(self._raw_cursor, name)(*args, **kwargs), connection, raw
+                    getattr(raw_cursor, name)(*args, **kwargs),
+                    self._connection,
+                    self._raw_connection,
                 )
             except Exception as exc:
-                if not connection._outage(exc, raw):
-                    raise
-                if statement:
-                    raise await connection._statement_lost(raw, exc) from exc
-                raise await connection._lost(raw, exc) from exc
+                await self._failed(exc, statement)
+                raise
             finally:
                 turn.give()
         return self if returns_self else result
@@ -555,10 +553,7 @@ def _fetch_method(name: str, doc: str) -> Any:
     on_server = _server_method(name, doc)
 
     def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        raw = self._connection._raw  # None while disconnected or closed
-        if self._kept or not (
-            self._named or raw is None or raw is not self._raw_connection
-        ):
+        if self._kept or (self._live is not None and not self._named):
             return getattr(self._raw_cursor, name)(*args, **kwargs)
         return on_server(self, *args, **kwargs)
 
@@ -567,14 +562,20 @@ def _fetch_method(name: str, doc: str) -> Any:
     return method
 
 
-class AsyncReconnectingCursor:
+class AsyncReconnectingCursor(CursorBase):
     """A cursor of an :class:`AsyncReconnectingConnection`.
 
     It remembers the arguments it was made with and makes the driver cursor
     again on each new server connection, so the same cursor object keeps
-    working after ``rollback()``.  Its methods that talk to the server
-    raise :class:`~reconnecting.Retry` when the server connection is lost.
+    working after ``await rollback()``.  Methods that talk to the server
+    raise :class:`~reconnecting.Retry` when the server connection is lost;
+    those of the driver's cursor not listed here are there when the
+    driver's cursor has them, and behave alike.  Reading an attribute never
+    connects: it answers as the driver's cursor does.
     """
+
+    _connection: AsyncReconnectingConnection
+    _NOTHING_KEPT = False  # True: reading a result kept after a resolved commit
 
     def __init__(
         self,
@@ -582,31 +583,15 @@ class AsyncReconnectingCursor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        self._connection = connection
-        self._args = args
-        self._kwargs = kwargs
+        super().__init__(connection, args, kwargs)
+        self._turn = connection._turn
         # A named cursor is a server-side one: fetching talks to the server.
         self._named = bool(kwargs.get("name") or (args and args[0]))
-        self._raw_connection: Any | None = None
-        self._raw_cursor: Any = None  # the driver's, on _raw_connection
-        self._settings: dict[str, Any] = {}
-        self._kept = False  # reading a result kept after a resolved commit
-        self._closed = False
 
     @property
     def connection(self) -> AsyncReconnectingConnection:
         """The :class:`AsyncReconnectingConnection` this cursor belongs to."""
         return self._connection
-
-    @property
-    def closed(self) -> bool:
-        """True once this cursor or its connection was closed."""
-        return self._closed or self._connection._closed
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        state = "closed" if self._closed else "open"
-        return f"<{name} {state} at {id(self):#x}>"
 
     def _keep(self, raw: Any) -> None:
         """After a resolved commit: go on reading what ``raw`` sent before.
@@ -617,17 +602,18 @@ class AsyncReconnectingCursor:
         """
         if self._raw_connection is raw and not self._named:
             self._kept = self._raw_cursor is not None
+            self._live = None
 
-    def _cursor_on(self, raw: Any) -> Any:
-        if self._closed:
-            raise self._connection._closed_error("cursor")
-        if self._raw_connection is not raw:
-            raw_cursor = raw.cursor(*self._args, **self._kwargs)
-            for name, value in self._settings.items():
-                setattr(raw_cursor, name, value)
-            self._raw_cursor, self._raw_connection = raw_cursor, raw
-            self._kept = False
-        return self._raw_cursor
+    async def _failed(self, exc: Exception, statement: bool) -> None:
+        """The hot path's error handler: raise what an outage of the server
+        connection means; return for any other error."""
+        connection = self._connection
+        raw = self._raw_connection
+        if not connection._outage(exc, raw):
+            return
+        if statement:
+            raise await connection._statement_lost(raw, exc) from exc
+        raise await connection._lost(raw, exc) from exc
 
     async def _run(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -638,27 +624,28 @@ class AsyncReconnectingCursor:
         )
 
     async def execute(
-        self, query: Any, params: Any = None, **kwargs: Any
+        self,
+        query: Any,
+        params: Any = None,
+        prepare: bool | None = None,
+        binary: bool | None = None,
     ) -> AsyncReconnectingCursor:
         """Run a query; return this cursor, as psycopg's does."""
-        # The hot path, spelled out: one check, then straight to the driver.
-        connection = self._connection
-        raw = connection._raw  # None while disconnected or closed
-        turn = connection._turn
-        if raw is None or raw is not self._raw_connection or turn.busy:
+        # The hot path of _server_method, spelled out for the common call.
+        raw_cursor = self._live
+        turn = self._turn
+        if raw_cursor is None or turn.busy or prepare is not None or binary is not None:
+            options = {"prepare": prepare, "binary": binary}
+            kwargs = {key: value for key, value in options.items() if value is not None}
             await self._run("execute", (query, params), kwargs)
             return self
         turn.busy = True  # free, so taken at once (see _Turn.take)
+        call = raw_cursor.execute(query, params)
         try:
-            if kwargs:
-                call = self._raw_cursor.execute(query, params, **kwargs)
-            else:  # the common call, without building its keywords again
-                call = self._raw_cursor.execute(query, params)
-            await _closing_first(call, connection, raw)
+            await _closing_first(call, self._connection, self._raw_connection)
         except Exception as exc:
-            if not connection._outage(exc, raw):
-                raise
-            raise await connection._statement_lost(raw, exc) from exc
+            await self._failed(exc, True)
+            raise
         finally:
             turn.give()
         return self
@@ -670,10 +657,10 @@ class AsyncReconnectingCursor:
 
     def fetchone(self) -> Awaitable[Any]:
         """Return the next row, or ``None``."""
-        raw = self._connection._raw  # the hot path of _fetch_method, spelled out
-        if self._named or raw is None or raw is not self._raw_connection:
+        raw_cursor = self._live  # the hot path of _fetch_method, spelled out
+        if raw_cursor is None or self._named:
             return self._fetchone()
-        fetch: Awaitable[Any] = self._raw_cursor.fetchone()
+        fetch: Awaitable[Any] = raw_cursor.fetchone()
         return fetch
 
     fetchmany = _fetch_method("fetchmany", "Return the next ``size`` rows.")
@@ -694,9 +681,8 @@ class AsyncReconnectingCursor:
 
     async def close(self) -> None:
         """Close the cursor; the server connection stays open."""
-        self._closed, self._kept = True, False
-        raw_cursor, self._raw_cursor = self._raw_cursor, None
-        self._raw_connection = None
+        raw_cursor = self._raw_cursor
+        self._detach()
         await _close_quietly(raw_cursor)
 
     async def __aenter__(self) -> AsyncReconnectingCursor:
@@ -705,9 +691,8 @@ class AsyncReconnectingCursor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
+    def _attribute(self, name: str) -> Any:
+        """Read ``name`` of the driver's cursor (see _DriverAttribute)."""
         raw_cursor = self._raw_cursor
         if raw_cursor is None:  # nothing run yet: a driver cursor to ask
             connection = self._connection
@@ -720,23 +705,20 @@ class AsyncReconnectingCursor:
             if raw is None:
                 connection.__getattr__(name)  # raises: not connected yet
             raw_cursor = self._cursor_on(raw)
-        value = getattr(raw_cursor, name)
-        if getattr(value, "__self__", None) is not raw_cursor:
-            return value  # description, rowcount, statusmessage, ...
-        if name in REFUSED_CALLS:
-            return refused_call(self._raw_connection, name)
-        if not inspect.iscoroutinefunction(value):
-            return value  # nextset(), setinputsizes(): no round trip
+        as_it_is, value = self._driver_attribute(raw_cursor, name)
+        if as_it_is or not inspect.iscoroutinefunction(value):
+            return value  # data; nextset(), setinputsizes(): no round trip
         return lambda *args, **kwargs: self._run(name, args, kwargs)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            # arraysize, row_factory, ...: set now and on every new driver cursor.
-            if self._raw_cursor is not None:
-                setattr(self._raw_cursor, name, value)
-            self._settings[name] = value
+    def _set_attribute(self, name: str, value: Any) -> None:
+        """Set ``name`` of the driver's cursor (see _DriverAttribute)."""
+        # arraysize, row_factory, ...: set now and on every new driver cursor.
+        if self._raw_cursor is not None:
+            setattr(self._raw_cursor, name, value)
+        self._settings[name] = value
+
+
+add_driver_attributes(AsyncReconnectingCursor, DRIVER_CURSOR_NAMES)
 
 
 class _AsyncTransactionBlock(TransactionBlock):

@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from fnmatch import fnmatchcase
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 __all__ = [
     "Attempt",
@@ -498,22 +498,16 @@ def refused_call(raw: Any, name: str) -> Callable[..., Any]:
 
 def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
-    lost = "_lost" if name in NOT_STATEMENTS else "_statement_lost"
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        # The hot path, kept short: one check, then straight to the driver.
-        # None (disconnected, closed) is never the cursor's connection.
-        raw = self._connection._raw
-        if raw is not self._raw_connection:
+        raw_cursor = self._live  # the hot path: see ReconnectingCursor._live
+        if raw_cursor is None:
             return self._run(name, *args, **kwargs)  # (re)connect, new cursor
-        raw_cursor = self._raw_cursor
         try:
             result = getattr(raw_cursor, name)(*args, **kwargs)
         except Exception as exc:
-            connection = self._connection
-            if not connection._outage(exc, raw):
-                raise
-            raise getattr(connection, lost)(raw, exc) from exc
+            self._failed(exc, name)
+            raise
         # psycopg 3's execute() returns its cursor: return ours instead.
         return self if result is raw_cursor else result
 
@@ -526,16 +520,14 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
     """Like ``_server_method``, for the fetches that take no argument."""
 
     def method(self: ReconnectingCursor) -> Any:
-        raw = self._connection._raw
-        if raw is not self._raw_connection:
+        raw_cursor = self._live
+        if raw_cursor is None:
             return self._run(name)
         try:
-            return getattr(self._raw_cursor, name)()
+            return getattr(raw_cursor, name)()
         except Exception as exc:
-            connection = self._connection
-            if not connection._outage(exc, raw):
-                raise
-            raise connection._lost(raw, exc) from exc
+            self._failed(exc, name)
+            raise
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
@@ -562,7 +554,133 @@ _UNUSED_CURSOR = {
 }
 
 
-class ReconnectingCursor:
+# The attributes that psycopg2's and psycopg 3's cursors both have, those a
+# cursor answers before it has run anything, and the settings of either
+# driver's named cursors: a cursor of ours has them before it has a driver
+# cursor to read them from, so that setting one then is not lost on our
+# object.  The others are added with the first driver cursor of their class
+# (see _DriverAttribute).
+DRIVER_CURSOR_NAMES = (
+    "arraysize description nextset row_factory rowcount rownumber scroll"
+    " setinputsizes setoutputsize statusmessage query pgresult"
+    " itersize name scrollable withhold tzinfo_factory"
+).split()
+
+
+class _DriverAttribute:
+    """An attribute of the driver's cursor, on the class of ours.
+
+    Our cursors pass the driver cursor's attributes on through these
+    descriptors rather than ``__getattr__`` and ``__setattr__``: on a class
+    with ``__getattr__``, every attribute and method of its objects is
+    looked up the slow way, the hot path's ``execute`` and ``fetchone``
+    included.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, cursor: Any, owner: type | None = None) -> Any:
+        if cursor is None:
+            return self
+        return cursor._attribute(self.name)
+
+    def __set__(self, cursor: Any, value: Any) -> None:
+        cursor._set_attribute(self.name, value)
+
+
+_DRIVER_CURSOR_CLASSES: set[type] = set()  # those whose names were added
+
+
+def add_driver_attributes(cls: type, names_or_cursor: Any) -> None:
+    """Give ``cls`` the public names of a driver cursor (or the names given)
+    that it lacks, each read from the driver cursor of the moment."""
+    if isinstance(names_or_cursor, list):
+        names = names_or_cursor
+    else:
+        key = type(names_or_cursor)
+        if key in _DRIVER_CURSOR_CLASSES:
+            return
+        _DRIVER_CURSOR_CLASSES.add(key)
+        names = dir(names_or_cursor)
+    for name in names:
+        if not name.startswith("_") and not hasattr(cls, name):
+            setattr(cls, name, _DriverAttribute(name))
+
+
+class CursorBase:
+    """What the sync and asyncio cursors share: the arguments the driver
+    cursor is made with on each new server connection, the settings made on
+    it, and the hot path's driver cursor (``_live``)."""
+
+    _NOTHING_KEPT: Any = None  # what _kept holds when nothing is kept
+
+    def __init__(self, connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self._connection = connection
+        self._args = args
+        self._kwargs = kwargs
+        self._raw_connection: Any = _NO_CONNECTION
+        self._raw_cursor: Any | None = None
+        # The driver cursor while its server connection is the current one
+        # and nothing else is to be read: the hot path calls it straight
+        # away.  Whatever ends that (an outage, close(), a resolved commit)
+        # sets it to None first (see _detach_cursors), so the hot path
+        # needs no check of its own.
+        self._live: Any | None = None
+        self._settings: dict[str, Any] = {}
+        self._kept: Any = self._NOTHING_KEPT  # a result kept after a resolved commit
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once this cursor or its connection was closed."""
+        return self._closed or bool(self._connection._closed)
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        state = "closed" if self._closed else "open"
+        return f"<{name} {state} at {id(self):#x}>"
+
+    def _cursor_on(self, raw: Any) -> Any:
+        """The driver cursor on ``raw``, made with this cursor's arguments
+        and settings when ``raw`` is new to it."""
+        connection = self._connection
+        if self._closed:
+            raise connection._closed_error("cursor")
+        if self._raw_connection is not raw:
+            raw_cursor = raw.cursor(*self._args, **self._kwargs)
+            for name, value in self._settings.items():
+                setattr(raw_cursor, name, value)
+            self._raw_cursor, self._raw_connection = raw_cursor, raw
+            self._kept = self._NOTHING_KEPT
+            add_driver_attributes(type(self), raw_cursor)
+        if raw is connection._raw and not self._kept:
+            self._live = self._raw_cursor
+        return self._raw_cursor
+
+    def _detach(self) -> None:
+        """Forget the driver cursor, for close()."""
+        self._closed, self._kept, self._live = True, self._NOTHING_KEPT, None
+        self._raw_cursor, self._raw_connection = None, _NO_CONNECTION
+
+    def _driver_attribute(self, raw_cursor: Any, name: str) -> tuple[bool, Any]:
+        """``(True, value)`` when ``name`` of ``raw_cursor`` is to be handed
+        out as it is (data, or a method refused); ``(False, method)`` for a
+        method to be called on the driver cursor of the moment."""
+        value = getattr(raw_cursor, name)
+        if getattr(value, "__self__", None) is not raw_cursor:
+            return True, value  # description, rowcount, row factories: as they are
+        if name in REFUSED_CALLS:
+            return True, refused_call(self._raw_connection, name)
+        return False, value
+
+    if TYPE_CHECKING:  # the driver cursor's other attributes, for type checkers
+
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+class ReconnectingCursor(CursorBase):
     """A cursor of a :class:`ReconnectingConnection`.
 
     It remembers the arguments it was made with and makes the driver cursor
@@ -574,52 +692,28 @@ class ReconnectingCursor:
     attribute never connects: it answers as the driver's cursor does.
     """
 
-    def __init__(
-        self,
-        connection: ReconnectingConnection,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        # Straight into __dict__: __setattr__ is for the driver's settings,
-        # and a cursor is made for every statement by some callers (ORMs).
-        self.__dict__.update(
-            _connection=connection,
-            _args=args,
-            _kwargs=kwargs,
-            _raw_connection=_NO_CONNECTION,
-            _raw_cursor=None,
-            _settings={},
-            _kept=None,
-            _closed=False,
-        )
-        self._connection: ReconnectingConnection
-        self._args: tuple[Any, ...]
-        self._kwargs: dict[str, Any]
-        self._raw_connection: Any
-        self._raw_cursor: Any | None
-        self._settings: dict[str, Any]
-        self._kept: _KeptResult | None
-        self._closed: bool
+    _connection: ReconnectingConnection
+    _kept: _KeptResult | None
 
     @property
     def connection(self) -> ReconnectingConnection:
         """The :class:`ReconnectingConnection` this cursor belongs to."""
         return self._connection
 
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        state = "closed" if self._closed else "open"
-        return f"<{name} {state} at {id(self):#x}>"
-
     def _cursor_on(self, raw: Any) -> Any:
-        if self._closed:
-            raise self._connection._closed_error("cursor")
-        if self._raw_connection is not raw:
-            raw_cursor = raw.cursor(*self._args, **self._kwargs)
-            for name, value in self._settings.items():
-                setattr(raw_cursor, name, value)
-            self._raw_cursor, self._raw_connection = raw_cursor, raw
-        return self._raw_cursor
+        with self._connection._lock:  # as _detach_cursors: never live on a lost one
+            return super()._cursor_on(raw)
+
+    def _failed(self, exc: Exception, name: str) -> None:
+        """The hot path's error handler: raise what an outage of the server
+        connection means for method ``name``; return for any other error."""
+        connection = self._connection
+        raw = self._raw_connection
+        if not connection._outage(exc, raw):
+            return
+        if name in NOT_STATEMENTS:
+            raise connection._lost(raw, exc) from exc
+        raise connection._statement_lost(raw, exc) from exc
 
     def _run(self, name: str, *args: Any, **kwargs: Any) -> Any:
         kept = self._kept
@@ -633,9 +727,47 @@ class ReconnectingCursor:
         )
         return self if result is self._raw_cursor and result is not None else result
 
-    execute = _server_method("execute", "Run a query, as the driver's ``execute()``.")
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+        *,
+        vars: Any = None,  # noqa: A002 (psycopg2's name for params)
+    ) -> Any:
+        """Run a query, as the driver's ``execute()`` (``prepare`` and
+        ``binary`` are psycopg 3's; ``vars`` is psycopg2's name of ``params``)."""
+        # _server_method's hot path, spelled out for the most common call
+        # (named keywords: a **kwargs dict per call costs as much again).
+        if vars is not None:
+            params = vars
+        raw_cursor = self._live
+        if raw_cursor is None or prepare is not None or binary is not None:
+            options = {"prepare": prepare, "binary": binary}
+            kwargs = {key: value for key, value in options.items() if value is not None}
+            return self._run("execute", query, params, **kwargs)
+        try:
+            result = raw_cursor.execute(query, params)
+        except Exception as exc:
+            self._failed(exc, "execute")
+            raise
+        if result is None:  # psycopg2
+            return None
+        return self if result is raw_cursor else result
+
+    def fetchone(self) -> Any:
+        """Return the next row, or ``None``."""
+        raw_cursor = self._live  # _fetch_method's hot path, spelled out
+        if raw_cursor is None:
+            return self._run("fetchone")
+        try:
+            return raw_cursor.fetchone()
+        except Exception as exc:
+            self._failed(exc, "fetchone")
+            raise
+
     executemany = _server_method("executemany", "Run a query for each parameter set.")
-    fetchone = _fetch_method("fetchone", "Return the next row, or ``None``.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
     fetchall = _fetch_method("fetchall", "Return the remaining rows.")
     __next__ = _fetch_method("__next__", "Return the next row.")
@@ -643,17 +775,10 @@ class ReconnectingCursor:
     def __iter__(self) -> Iterator[Any]:
         return self
 
-    @property
-    def closed(self) -> bool:
-        """True once this cursor or its connection was closed."""
-        return self._closed or self._connection._closed
-
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
         raw_cursor = self._raw_cursor
-        self.__dict__.update(
-            _closed=True, _kept=None, _raw_cursor=None, _raw_connection=_NO_CONNECTION
-        )
+        self._detach()
         if raw_cursor is not None:
             _close_quietly(raw_cursor)
 
@@ -663,9 +788,8 @@ class ReconnectingCursor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
+    def _attribute(self, name: str) -> Any:
+        """Read ``name`` of the driver's cursor (see _DriverAttribute)."""
         if self._kept is not None and name in _KeptResult.ATTRIBUTES:
             return getattr(self._kept, name)
         connection = self._connection
@@ -676,11 +800,9 @@ class ReconnectingCursor:
             raw_cursor = connection._call(self._cursor_on)
         # The driver cursor answers from memory, even once its server
         # connection is gone, as in an ``except Retry:`` handler.
-        value = getattr(raw_cursor, name)
-        if getattr(value, "__self__", None) is not raw_cursor:
-            return value  # data, classes, row factories: as they are
-        if name in REFUSED_CALLS:
-            return refused_call(self._raw_connection, name)
+        as_it_is, value = self._driver_attribute(raw_cursor, name)
+        if as_it_is:
+            return value
         if name == "stream":  # psycopg 3: rows as they arrive
 
             def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -696,15 +818,14 @@ class ReconnectingCursor:
 
         return call_on_current_cursor
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            # arraysize, itersize, ...: set now and on every new driver cursor.
-            self._connection._call(
-                lambda raw: setattr(self._cursor_on(raw), name, value)
-            )
-            self._settings[name] = value
+    def _set_attribute(self, name: str, value: Any) -> None:
+        """Set ``name`` of the driver's cursor (see _DriverAttribute)."""
+        # arraysize, itersize, ...: set now and on every new driver cursor.
+        self._connection._call(lambda raw: setattr(self._cursor_on(raw), name, value))
+        self._settings[name] = value
+
+
+add_driver_attributes(ReconnectingCursor, DRIVER_CURSOR_NAMES)
 
 
 class TransactionBlock:
@@ -807,6 +928,13 @@ class RememberedSettings:
 
     _settings: dict[str, Any]
     _unchecked: dict[str, Any]  # name: the value it replaced
+    _cursors: weakref.WeakSet[Any]
+
+    def _detach_cursors(self) -> None:
+        """The server connection stops being the current one: no cursor's
+        hot path may use it any more (sync: the lock is held)."""
+        for cursor in list(self._cursors):
+            cursor._live = None
 
     def _remember_unchecked(self, values: dict[str, Any]) -> None:
         """Remember settings made while no driver connection can check them
@@ -860,7 +988,7 @@ class ConnectionState(RememberedSettings):
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
-        self._raw: Any | None = None  # None unless connected
+        self._raw = None  # None unless connected
         self._last_raw: Any | None = None
         self._standby: Any | None = None  # _raw, if it was made to a hot standby
         # Why work is refused until rollback(); None unless disconnected.
@@ -877,6 +1005,21 @@ class ConnectionState(RememberedSettings):
         self._round_trip = 0.0  # seconds, measured before the last COMMIT
         self._disconnects = 0
         self._reconnects = 0
+
+    _current: Any | None = None
+
+    @property
+    def _raw(self) -> Any | None:
+        """The current server connection (``None`` unless connected)."""
+        return self._current
+
+    @_raw.setter
+    def _raw(self, raw: Any | None) -> None:
+        if raw is not self._current:
+            # Whatever ends a server connection's turn ends its cursors'
+            # hot path too (see CursorBase._live).
+            self._detach_cursors()
+        self._current = raw
 
     @property
     def disconnects(self) -> int:
@@ -1306,10 +1449,9 @@ class ReconnectingConnection(ConnectionState):
             # first execute() takes the hot path.  A failure here is told by
             # that execute(), which makes it again.
             try:
-                cursor.__dict__.update(_raw_cursor=raw.cursor(*args, **kwargs))
+                cursor._cursor_on(raw)
             except Exception:
-                return cursor
-            cursor.__dict__["_raw_connection"] = raw
+                pass  # told by that execute(), which makes it again
         return cursor
 
     def rollback(self) -> None:

@@ -55,3 +55,15 @@ def test_the_wrapped_connection_passes_what_the_driver_passes(name, pg):
     assert len(passed) >= 30, raw  # the suite did run
     failures = outcomes(wrapped(driver), pg.dsn)
     assert {test: failures[test] for test in passed if failures[test]} == {}
+
+
+def test_execute_takes_psycopg2s_keyword_for_parameters(pg):
+    # The cursor's fast execute() names its parameters; psycopg2 programs
+    # that pass them as vars= must keep working.
+    import psycopg2
+
+    db = ReconnectingConnection(lambda: psycopg2.connect(pg.dsn))
+    cursor = db.cursor()
+    cursor.execute("SELECT %s + 1", vars=(41,))
+    assert cursor.fetchone() == (42,)
+    db.close()
