@@ -82,18 +82,24 @@ class PassThrough:
         return self.cursor.fetchone()
 
 
+def rotation(count, rounds):
+    """The order of the round trips: one per cursor and round, each round
+    starting one cursor further on."""
+    for number in range(rounds):
+        for index in range(number, number + count):
+            yield index % count
+
+
 def rotating_round_trips(cursors, rounds):
     """Time one round trip on each cursor per round, the first one changing
     from round to round; return each cursor's seconds, round by round."""
     times = [[] for _ in cursors]
-    for number in range(rounds):
-        for index in range(number, number + len(cursors)):
-            index %= len(cursors)
-            cursor = cursors[index]
-            started = time.perf_counter()
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-            times[index].append(time.perf_counter() - started)
+    for index in rotation(len(cursors), rounds):
+        cursor = cursors[index]
+        started = time.perf_counter()
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+        times[index].append(time.perf_counter() - started)
     return times
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 import psycopg
-from _common import report_three, test_database
+from _common import report_three, rotation, test_database
 
 from reconnecting import AsyncReconnectingConnection
 
@@ -39,14 +39,12 @@ class AsyncPassThrough:
 async def rotating_round_trips(cursors, rounds):
     """As ``_common.rotating_round_trips``, awaiting."""
     times = [[] for _ in cursors]
-    for number in range(rounds):
-        for index in range(number, number + len(cursors)):
-            index %= len(cursors)
-            cursor = cursors[index]
-            started = time.perf_counter()
-            await cursor.execute("SELECT 1")
-            await cursor.fetchone()
-            times[index].append(time.perf_counter() - started)
+    for index in rotation(len(cursors), rounds):
+        cursor = cursors[index]
+        started = time.perf_counter()
+        await cursor.execute("SELECT 1")
+        await cursor.fetchone()
+        times[index].append(time.perf_counter() - started)
     return times
 
 
