@@ -28,7 +28,6 @@ import sys
 import threading
 import time
 import types
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
@@ -111,7 +110,6 @@ class AsyncReconnectingConnection(ConnectionState):
         resolve_timeout: float = 10.0,
     ) -> None:
         super().__init__(connection_factory, resolve_commit, resolve_timeout)
-        self._cursors: weakref.WeakSet[AsyncReconnectingCursor] = weakref.WeakSet()
         self._blocks: list[_AsyncTransactionBlock] = []  # transaction() blocks open
         self._connecting = asyncio.Lock()
         self._turn = _Turn()  # the call talking to the server, and those waiting

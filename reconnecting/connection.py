@@ -589,19 +589,20 @@ class _DriverAttribute:
         cursor._set_attribute(self.name, value)
 
 
-_DRIVER_CURSOR_CLASSES: set[type] = set()  # those whose names were added
-
-
 def add_driver_attributes(cls: type, names_or_cursor: Any) -> None:
     """Give ``cls`` the public names of a driver cursor (or the names given)
     that it lacks, each read from the driver cursor of the moment."""
     if isinstance(names_or_cursor, list):
         names = names_or_cursor
     else:
-        key = type(names_or_cursor)
-        if key in _DRIVER_CURSOR_CLASSES:
+        # The driver cursor classes whose names ``cls`` has, kept on it.
+        seen = cls.__dict__.get("_driver_cursor_classes")
+        if seen is None:
+            seen = set()
+            type.__setattr__(cls, "_driver_cursor_classes", seen)
+        if type(names_or_cursor) in seen:
             return
-        _DRIVER_CURSOR_CLASSES.add(key)
+        seen.add(type(names_or_cursor))
         names = dir(names_or_cursor)
     for name in names:
         if not name.startswith("_") and not hasattr(cls, name):
@@ -928,7 +929,7 @@ class RememberedSettings:
 
     _settings: dict[str, Any]
     _unchecked: dict[str, Any]  # name: the value it replaced
-    _cursors: weakref.WeakSet[Any]
+    _cursors: weakref.WeakSet[Any]  # the open cursors
 
     def _detach_cursors(self) -> None:
         """The server connection stops being the current one: no cursor's
@@ -988,6 +989,7 @@ class ConnectionState(RememberedSettings):
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
+        self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones
         self._raw = None  # None unless connected
         self._last_raw: Any | None = None
         self._standby: Any | None = None  # _raw, if it was made to a hot standby
@@ -1320,7 +1322,6 @@ class ReconnectingConnection(ConnectionState):
     ) -> None:
         super().__init__(connection_factory, resolve_commit, resolve_timeout)
         self._driver_module: Any | None = None  # see _driver()
-        self._cursors: weakref.WeakSet[ReconnectingCursor] = weakref.WeakSet()
         self._blocks: list[TransactionBlock] = []  # transaction() blocks open
         self._entered: Any | None = None  # psycopg2 connection in a with block
         # The disconnects count when a with block that is one transaction
