@@ -683,6 +683,15 @@ class AsyncReconnectingCursor(CursorBase):
         self._detach()
         await _close_quietly(raw_cursor)
 
+    def _close(self) -> None:
+        """Close without awaiting, as psycopg's ``AsyncCursor._close()``,
+        which SQLAlchemy's asyncio adaptor calls."""
+        raw_cursor = self._raw_cursor
+        self._detach()
+        close_now = getattr(raw_cursor, "_close", None)
+        if close_now is not None:
+            close_now()
+
     async def __aenter__(self) -> AsyncReconnectingCursor:
         return self
 

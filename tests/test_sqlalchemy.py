@@ -173,3 +173,36 @@ def test_connections_of_a_creator_are_judged_by_the_rules(pg, proxy, driver):
     assert type(uuid).__name__ == "UUID"
     assert caught.value.connection_invalidated
     assert not isinstance(caught.value, Retry)
+
+
+def test_an_async_session_keeps_its_server_connection(pg, proxy):
+    # SQLAlchemy's asyncio adaptor closes psycopg's cursors with their
+    # non-awaiting _close(): ours must have it too, or every query fails
+    # in its cursor's close and the pool makes a new server connection.
+    import asyncio
+
+    from sqlalchemy import event
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    async def sessions():
+        url = URL.create(
+            "postgresql+reconnecting_psycopg_async",
+            username=pg.user,
+            password=pg.password,
+            host=proxy.host,
+            port=proxy.port,
+            database=pg.dbname,
+        )
+        engine = create_async_engine(url, pool_size=1)
+        connects = []
+        event.listen(engine.sync_engine, "connect", lambda *args: connects.append(1))
+        try:
+            for _ in range(3):
+                async with AsyncSession(engine) as session:
+                    assert (await session.execute(text("SELECT 1"))).scalar() == 1
+                    await session.commit()
+        finally:
+            await engine.dispose()
+        return len(connects)
+
+    assert asyncio.run(sessions()) == 1
