@@ -675,6 +675,21 @@ class CursorBase:
             return True, refused_call(self._raw_connection, name)
         return False, value
 
+    def __dir__(self) -> list[str]:
+        # The class carries the names of every driver's cursor met in this
+        # process; a cursor lists those of its own driver's cursor.
+        driver_class = type(self._raw_cursor) if self._raw_cursor is not None else None
+
+        def offered(name: str) -> bool:
+            mro = type(self).__mro__
+            if not any(isinstance(k.__dict__.get(name), _DriverAttribute) for k in mro):
+                return True
+            if driver_class is None:
+                return name in DRIVER_CURSOR_NAMES
+            return hasattr(driver_class, name)
+
+        return [name for name in super().__dir__() if offered(name)]
+
     if TYPE_CHECKING:  # the driver cursor's other attributes, for type checkers
 
         def __getattr__(self, name: str) -> Any: ...

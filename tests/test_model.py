@@ -478,7 +478,7 @@ class ConnectionModel(ContractMachine):
     @rule()
     def the_cursor_offers_what_the_driver_does(self):
         for name in ("callproc", "nextset", "setinputsizes", "scroll"):
-            offered = name in dir(type(self.cursors[0]))
+            offered = name in dir(self.cursors[0])
             if offered and not hasattr(self.raw_cursor_class(), name):
                 raise ContractError(
                     f"the cursor offers {name}(), the driver's does not"
