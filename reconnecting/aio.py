@@ -273,9 +273,7 @@ class AsyncReconnectingConnection(ConnectionState):
         """Return a cursor that follows this connection across reconnects."""
         if self._closed:
             raise self._closed_error()
-        cursor = AsyncReconnectingCursor(self, args, kwargs)
-        self._cursors.add(cursor)
-        return cursor
+        return AsyncReconnectingCursor(self, args, kwargs)
 
     async def execute(
         self, query: Any, params: Any = None, **kwargs: Any
@@ -329,7 +327,7 @@ class AsyncReconnectingConnection(ConnectionState):
                 if written is not None and not isinstance(error, Exception):
                     _outcome_unknown(written[0], error)  # cancelled while resolving
                 raise
-            for cursor in list(self._cursors):
+            for cursor in self._open_cursors():
                 cursor._keep(raw)
         except BaseException as error:  # cancelled while committing
             if written is not None:
@@ -572,6 +570,7 @@ class AsyncReconnectingCursor(CursorBase):
     connects: it answers as the driver's cursor does.
     """
 
+    __slots__ = ("_turn", "_named")
     _connection: AsyncReconnectingConnection
     _NOTHING_KEPT = False  # True: reading a result kept after a resolved commit
 
@@ -645,7 +644,10 @@ class AsyncReconnectingCursor(CursorBase):
             await self._failed(exc, True)
             raise
         finally:
-            turn.give()
+            if turn.waiting:
+                turn.give()
+            else:
+                turn.busy = False  # as give(), with nobody to hand the turn to
         return self
 
     executemany = _server_method(
@@ -732,7 +734,6 @@ class _AsyncTransactionBlock(TransactionBlock):
     """The sync block's rules, with ``async with``."""
 
     connection: AsyncReconnectingConnection  # type: ignore[assignment]
-    KEEPS_OUTAGE = True
 
     def __enter__(self) -> TransactionBlock:
         raise TypeError("use 'async with db.transaction():' on an asyncio connection")
@@ -812,7 +813,8 @@ async def _answer(
     raw: Any, questions: Generator[Question, Any, T], rollback: bool = False
 ) -> T:
     """Ask ``raw`` the core's ``questions``, as the sync shell does, with
-    ``await``; with ``rollback``, end the transaction they opened."""
+    ``await``; with ``rollback``, end the transaction they opened, once
+    they concluded (as the sync shell)."""
     cursor = plain_cursor(raw)
     answer: Any = None
     try:
@@ -827,11 +829,11 @@ async def _answer(
                 question = questions.send(answer)
     except StopIteration as end:
         result: T = end.value
-        return result
     finally:
-        await cursor.close()
-        if rollback:
-            await raw.rollback()
+        await _close_quietly(cursor)
+    if rollback:
+        await raw.rollback()
+    return result
 
 
 async def _before(deadline: float, awaitable: Awaitable[Any], raw: Any = None) -> Any:
@@ -874,31 +876,31 @@ class _Turn:
     straight from one call to the next waiting one.
     """
 
-    __slots__ = ("_waiters", "busy")
+    __slots__ = ("waiting", "busy")
 
     def __init__(self) -> None:
         self.busy = False
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def take(self) -> None:
         if not self.busy:
             self.busy = True
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiting.append(waiter)
         try:
             await waiter
         except BaseException:
             if waiter.cancelled():
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if waiter in self.waiting:
+                    self.waiting.remove(waiter)
             else:
                 self.give()  # handed the turn as it was cancelled: pass it on
             raise
 
     def give(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self.waiting:
+            waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # busy stays true: the turn is handed on
                 return
@@ -923,27 +925,24 @@ def _closing_first(
     """
     # A coroutine steps itself; its __await__() would add a wrapper.
     steps: Any = call if type(call) is types.CoroutineType else call.__await__()
-    try:
-        future = steps.send(None)
+    send = steps.send
+    try:  # one try for the whole call: the hot path's cost is per step
+        future = send(None)
+        while True:
+            try:
+                value = yield future
+            except GeneratorExit:  # abandoned mid-call: its query is in no known state
+                connection._interrupted(raw, what)
+                steps.close()
+                raise
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # cancelled, or interrupted
+                    connection._interrupted(raw, what)
+                future = steps.throw(exc)
+            else:
+                future = send(value)
     except StopIteration as done:
         return done.value
-    while True:
-        try:
-            value = yield future
-        except GeneratorExit:  # abandoned mid-call: its query is in no known state
-            connection._interrupted(raw, what)
-            steps.close()
-            raise
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # cancelled, or interrupted
-                connection._interrupted(raw, what)
-            step, value = steps.throw, exc
-        else:
-            step = steps.send
-        try:
-            future = step(value)
-        except StopIteration as done:
-            return done.value
 
 
 def _outcome_unknown(transaction_id: str, error: BaseException) -> None:

@@ -583,6 +583,11 @@ class _DriverAttribute:
     def __get__(self, cursor: Any, owner: type | None = None) -> Any:
         if cursor is None:
             return self
+        live = cursor._live
+        if live is not None:  # the hot path: description, rowcount, ...
+            value = getattr(live, self.name)
+            if getattr(value, "__self__", None) is not live:
+                return value
         return cursor._attribute(self.name)
 
     def __set__(self, cursor: Any, value: Any) -> None:
@@ -614,9 +619,30 @@ class CursorBase:
     cursor is made with on each new server connection, the settings made on
     it, and the hot path's driver cursor (``_live``)."""
 
+    # Slots: the hot path reads _live first thing; and as the drivers'
+    # cursors, ours take no attribute that the driver's cursor lacks.
+    __slots__ = (
+        "_connection",
+        "_args",
+        "_kwargs",
+        "_raw_connection",
+        "_raw_cursor",
+        "_live",
+        "_settings",
+        "_kept",
+        "_closed",
+        "__weakref__",
+    )
+
     _NOTHING_KEPT: Any = None  # what _kept holds when nothing is kept
+    # The driver cursor classes whose names the class has (add_driver_attributes).
+    _driver_cursor_classes: frozenset[type] | set[type] = frozenset()
 
     def __init__(self, connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        # The connection ends the hot path of its open cursors (their
+        # weak references leave the set as the cursors go).
+        cursors = connection._cursors
+        cursors.add(weakref.ref(self, cursors.discard))
         self._connection = connection
         self._args = args
         self._kwargs = kwargs
@@ -631,6 +657,14 @@ class CursorBase:
         self._settings: dict[str, Any] = {}
         self._kept: Any = self._NOTHING_KEPT  # a result kept after a resolved commit
         self._closed = False
+        if connection._current is not None:
+            # Connected: the driver cursor now (no round trip), so that the
+            # first call takes the hot path.  A failure here is told by that
+            # call, which makes it again.
+            try:
+                self._cursor_on(connection._current)
+            except Exception:
+                pass
 
     @property
     def closed(self) -> bool:
@@ -654,9 +688,14 @@ class CursorBase:
                 setattr(raw_cursor, name, value)
             self._raw_cursor, self._raw_connection = raw_cursor, raw
             self._kept = self._NOTHING_KEPT
-            add_driver_attributes(type(self), raw_cursor)
-        if raw is connection._raw and not self._kept:
+            if type(raw_cursor) not in self._driver_cursor_classes:
+                add_driver_attributes(type(self), raw_cursor)
+        if raw is connection._current and not self._kept:
             self._live = self._raw_cursor
+            # No lock: the connection changes _current before it ends its
+            # cursors' hot path, so one of the two sees the other.
+            if raw is not connection._current:
+                self._live = None
         return self._raw_cursor
 
     def _detach(self) -> None:
@@ -708,6 +747,7 @@ class ReconnectingCursor(CursorBase):
     attribute never connects: it answers as the driver's cursor does.
     """
 
+    __slots__ = ()
     _connection: ReconnectingConnection
     _kept: _KeptResult | None
 
@@ -715,10 +755,6 @@ class ReconnectingCursor(CursorBase):
     def connection(self) -> ReconnectingConnection:
         """The :class:`ReconnectingConnection` this cursor belongs to."""
         return self._connection
-
-    def _cursor_on(self, raw: Any) -> Any:
-        with self._connection._lock:  # as _detach_cursors: never live on a lost one
-            return super()._cursor_on(raw)
 
     def _failed(self, exc: Exception, name: str) -> None:
         """The hot path's error handler: raise what an outage of the server
@@ -785,7 +821,18 @@ class ReconnectingCursor(CursorBase):
 
     executemany = _server_method("executemany", "Run a query for each parameter set.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
-    fetchall = _fetch_method("fetchall", "Return the remaining rows.")
+
+    def fetchall(self) -> Any:
+        """Return the remaining rows."""
+        raw_cursor = self._live  # as fetchone()
+        if raw_cursor is None:
+            return self._run("fetchall")
+        try:
+            return raw_cursor.fetchall()
+        except Exception as exc:
+            self._failed(exc, "fetchall")
+            raise
+
     __next__ = _fetch_method("__next__", "Return the next row.")
 
     def __iter__(self) -> Iterator[Any]:
@@ -794,9 +841,13 @@ class ReconnectingCursor(CursorBase):
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
         raw_cursor = self._raw_cursor
-        self._detach()
+        self._closed, self._kept, self._live = True, None, None  # as _detach()
+        self._raw_cursor, self._raw_connection = None, _NO_CONNECTION
         if raw_cursor is not None:
-            _close_quietly(raw_cursor)
+            try:
+                raw_cursor.close()
+            except Exception:
+                pass  # broken already: closing it only frees it
 
     def __enter__(self) -> ReconnectingCursor:
         return self
@@ -864,11 +915,6 @@ class TransactionBlock:
         self.force_rollback = force_rollback
         self._outer = False
 
-    # Whether an error other than Retry leaves a block that an outage left
-    # disconnected without rolling back (asyncio), or rolls back, leaving
-    # the disconnected state (sync, as its tests and pages show).
-    KEEPS_OUTAGE = False
-
     def misuse(self, what: str) -> Exception:
         raw = self.connection._last_raw
         error_class = getattr(raw, "ProgrammingError", DisconnectedConnectionError)
@@ -888,15 +934,12 @@ class TransactionBlock:
         """Leaving with ``exc``: what ends the block, in order, either the
         connection's ``commit`` or ``rollback`` (the outermost block) or
         statements (savepoints).  Nothing after :class:`Retry` (the caller
-        rolls back, as always), nor, on asyncio, after another error when
-        an outage in the block left the connection disconnected.  Left
-        quietly after an outage, the commit says Retry: never a commit of
-        what came after it, never a silent end."""
+        rolls back, as always); after another error, the rollback, which
+        leaves a disconnected state as any rollback does.  Left quietly
+        after an outage, the commit says Retry: never a commit of what came
+        after it, never a silent end."""
         self.connection._blocks.remove(self)
         if isinstance(exc, Retry):
-            return ()
-        lost = self.connection._refusal is not None
-        if exc is not None and lost and self.KEEPS_OUTAGE:
             return ()
         if exc is None and not self.force_rollback:
             if self._outer:
@@ -944,12 +987,15 @@ class RememberedSettings:
 
     _settings: dict[str, Any]
     _unchecked: dict[str, Any]  # name: the value it replaced
-    _cursors: weakref.WeakSet[Any]  # the open cursors
+    _cursors: set[weakref.ref[Any]]  # the open cursors, weakly
+
+    def _open_cursors(self) -> list[Any]:
+        return [c for ref in list(self._cursors) if (c := ref()) is not None]
 
     def _detach_cursors(self) -> None:
         """The server connection stops being the current one: no cursor's
-        hot path may use it any more (sync: the lock is held)."""
-        for cursor in list(self._cursors):
+        hot path may use it any more."""
+        for cursor in self._open_cursors():
             cursor._live = None
 
     def _remember_unchecked(self, values: dict[str, Any]) -> None:
@@ -1004,7 +1050,7 @@ class ConnectionState(RememberedSettings):
         self._factory = connection_factory
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
-        self._cursors: weakref.WeakSet[Any] = weakref.WeakSet()  # open ones
+        self._cursors: set[weakref.ref[Any]] = set()  # open ones, weakly
         self._raw = None  # None unless connected
         self._last_raw: Any | None = None
         self._standby: Any | None = None  # _raw, if it was made to a hot standby
@@ -1034,9 +1080,10 @@ class ConnectionState(RememberedSettings):
     def _raw(self, raw: Any | None) -> None:
         if raw is not self._current:
             # Whatever ends a server connection's turn ends its cursors'
-            # hot path too (see CursorBase._live).
+            # hot path too (see CursorBase._live), after the change, which
+            # a cursor making itself live checks (CursorBase._cursor_on).
+            self._current = raw
             self._detach_cursors()
-        self._current = raw
 
     @property
     def disconnects(self) -> int:
@@ -1457,18 +1504,7 @@ class ReconnectingConnection(ConnectionState):
         """Return a cursor that follows this connection across reconnects."""
         if self._closed:
             raise self._closed_error()
-        cursor = ReconnectingCursor(self, args, kwargs)
-        self._cursors.add(cursor)
-        raw = self._raw
-        if raw is not None:
-            # Connected: the driver cursor now (no round trip), so that the
-            # first execute() takes the hot path.  A failure here is told by
-            # that execute(), which makes it again.
-            try:
-                cursor._cursor_on(raw)
-            except Exception:
-                pass  # told by that execute(), which makes it again
-        return cursor
+        return ReconnectingCursor(self, args, kwargs)
 
     def rollback(self) -> None:
         """Roll back, and leave the disconnected state.
@@ -1548,6 +1584,17 @@ class ReconnectingConnection(ConnectionState):
 
     # -- everything else goes to the driver connection -------------------------
 
+    @property
+    def notices(self) -> Any:
+        """psycopg2's list of the server's notices to the current server
+        connection (a property, not ``__getattr__``, for speed: SQLAlchemy
+        reads it after each query)."""
+        raw: Any = self._current
+        try:
+            return raw.notices
+        except AttributeError:  # not connected; psycopg 3 has none
+            return self.__getattr__("notices")
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
@@ -1560,6 +1607,8 @@ class ReconnectingConnection(ConnectionState):
             value = getattr(raw, name)
         except Exception:
             value = self._call(lambda raw: getattr(raw, name))  # or Retry
+        if getattr(value, "__self__", None) is not raw:
+            return value  # data (psycopg2's notices, ...): as _expose would
         return self._expose(raw, name, value)
 
     def _attribute_unconnected(self, name: str) -> Any:
@@ -1662,7 +1711,7 @@ class ReconnectingConnection(ConnectionState):
         try:
             written = _answer(raw, self._written(raw))
             if written is not None:
-                kept = _keep_results(self._cursors, raw)
+                kept = _keep_results(self._open_cursors(), raw)
             raw.commit()
         except Exception as exc:
             if not self._outage(exc, raw):
@@ -1747,11 +1796,11 @@ class _KeptResult:
 
 
 def _keep_results(
-    cursors: weakref.WeakSet[ReconnectingCursor], raw: Any
+    cursors: list[ReconnectingCursor], raw: Any
 ) -> list[tuple[ReconnectingCursor, _KeptResult]]:
     """Read the results of ``raw``'s cursors before a COMMIT that may break."""
     kept = []
-    for cursor in list(cursors):
+    for cursor in cursors:
         raw_cursor = cursor._raw_cursor
         if cursor._raw_connection is not raw or raw_cursor is None:
             continue
@@ -1790,10 +1839,7 @@ class _Asking:
             try:
                 raw = raw or connect()
                 questions = resolution.questions(raw.info.server_version)
-                try:
-                    resolution.status = _answer(raw, questions)
-                finally:
-                    raw.rollback()
+                resolution.status = _answer(raw, questions, rollback=True)
             except Exception as error:
                 if resolution.failed(error, raw) and raw is not None:
                     _close_quietly(raw)
@@ -1881,9 +1927,15 @@ def status_questions(
     return str(status)
 
 
-def _answer(raw: Any, questions: Generator[Question, Any, T]) -> T:
+def _answer(
+    raw: Any, questions: Generator[Question, Any, T], rollback: bool = False
+) -> T:
     """Ask ``raw`` the core's ``questions``, sending each the first row of
-    its answer (or throwing its error); return what they conclude."""
+    its answer (or throwing its error); return what they conclude.  With
+    ``rollback``, end the transaction they opened, once they concluded:
+    after an error, the error tells what happened, not a rollback of a
+    query that may still be running (psycopg: "another command is already
+    in progress")."""
     cursor = plain_cursor(raw)
     try:
         question = next(questions)
@@ -1896,9 +1948,11 @@ def _answer(raw: Any, questions: Generator[Question, Any, T]) -> T:
                 question = questions.send(cursor.fetchone())
     except StopIteration as end:
         result: T = end.value
-        return result
     finally:
-        cursor.close()
+        _close_quietly(cursor)
+    if rollback:
+        raw.rollback()
+    return result
 
 
 def _rollback_failed(error: Exception) -> None:

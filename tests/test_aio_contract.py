@@ -150,6 +150,26 @@ def test_a_block_left_quietly_after_an_outage_says_retry(pg, proxy, table):
     assert count(table) == 0
 
 
+def test_a_block_left_by_another_error_after_an_outage_rolls_back(pg, proxy, table):
+    # As the sync connection (test_psycopg3_calls): the block ends as any
+    # block left by an error, with a rollback, which leaves the
+    # disconnected state; the next call reconnects.
+    async def main():
+        db = AsyncReconnectingConnection(factory(pg, proxy))
+        with pytest.raises(LookupError):
+            async with db.transaction():
+                await db.execute("INSERT INTO item VALUES (1)")
+                proxy.drop()
+                with pytest.raises(Retry):
+                    await db.execute("INSERT INTO item VALUES (2)")
+                raise LookupError("the block fails after the outage")
+        assert await (await db.execute("SELECT 1")).fetchone() == (1,)
+        await db.close()
+
+    run(main())
+    assert count(table) == 0
+
+
 def test_a_timeout_during_resolution_names_the_transaction(pg, proxy, table, caplog):
     async def main():
         db = AsyncReconnectingConnection(factory(pg, proxy), resolve_commit=True)

@@ -79,6 +79,21 @@ def proxied(pg):
         db.close()
 
 
+def test_a_block_left_by_another_error_after_an_outage_rolls_back(proxied):
+    # The asyncio connection does the same (test_aio_contract).
+    db, proxy = proxied
+    db.execute("CREATE TABLE IF NOT EXISTS block_left (x int)")
+    db.execute("TRUNCATE block_left")
+    db.commit()
+    with pytest.raises(LookupError), db.transaction():
+        db.execute("INSERT INTO block_left VALUES (1)")
+        proxy.drop()
+        with pytest.raises(Retry):
+            db.execute("INSERT INTO block_left VALUES (2)")
+        raise LookupError("the block fails after the outage")
+    assert db.execute("SELECT count(*) FROM block_left").fetchone() == (0,)
+
+
 def test_a_stream_cut_midway_raises_retry(proxied):
     db, proxy = proxied
     # 20 MB: more than the socket buffers hold when the proxy goes.
