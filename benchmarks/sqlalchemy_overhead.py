@@ -113,7 +113,8 @@ def in_processes(pg, driver, transport, pairs, processes):
     runs = []
     for seed in range(processes):
         env["PYTHONHASHSEED"] = str(seed + 1)
-        args = [sys.executable, __file__, "--child", driver.__name__, transport, str(pairs)]
+        args = [sys.executable, __file__, "--child", driver.__name__, transport]
+        args.append(str(pairs))
         out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout))
     return runs
