@@ -74,6 +74,8 @@ _SESSION_SETTINGS = frozenset(
 )
 # Cursor methods that run no statement of the caller's (see _statement_lost).
 _NOT_STATEMENTS_ASYNC = NOT_STATEMENTS | {"__anext__"}
+# What a cursor's _live holds while its hot path is closed.
+_NOT_LIVE = CursorBase._NOT_LIVE
 
 
 # What a psycopg cursor that ran nothing yet says.
@@ -518,9 +520,9 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
     statement = name not in _NOT_STATEMENTS_ASYNC
 
     async def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        raw_cursor = self._live  # the hot path: see ReconnectingCursor._live
+        raw_cursor = self._live  # the hot path: see CursorBase._live
         turn = self._turn
-        if raw_cursor is None or turn.busy:
+        if raw_cursor is _NOT_LIVE or turn.busy:
             result = await self._run(name, args, kwargs)
         else:
             turn.busy = True  # free, so taken at once (see _Turn.take)
@@ -549,7 +551,7 @@ def _fetch_method(name: str, doc: str) -> Any:
     on_server = _server_method(name, doc)
 
     def method(self: AsyncReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        if self._kept or (self._live is not None and not self._named):
+        if self._kept or (self._live is not _NOT_LIVE and not self._named):
             return getattr(self._raw_cursor, name)(*args, **kwargs)
         return on_server(self, *args, **kwargs)
 
@@ -599,7 +601,7 @@ class AsyncReconnectingCursor(CursorBase):
         """
         if self._raw_connection is raw and not self._named:
             self._kept = self._raw_cursor is not None
-            self._live = None
+            self._live = _NOT_LIVE
 
     async def _failed(self, exc: Exception, statement: bool) -> None:
         """The hot path's error handler: raise what an outage of the server
@@ -631,7 +633,12 @@ class AsyncReconnectingCursor(CursorBase):
         # The hot path of _server_method, spelled out for the common call.
         raw_cursor = self._live
         turn = self._turn
-        if raw_cursor is None or turn.busy or prepare is not None or binary is not None:
+        if (
+            raw_cursor is _NOT_LIVE
+            or turn.busy
+            or prepare is not None
+            or binary is not None
+        ):
             options = {"prepare": prepare, "binary": binary}
             kwargs = {key: value for key, value in options.items() if value is not None}
             await self._run("execute", (query, params), kwargs)
@@ -658,7 +665,7 @@ class AsyncReconnectingCursor(CursorBase):
     def fetchone(self) -> Awaitable[Any]:
         """Return the next row, or ``None``."""
         raw_cursor = self._live  # the hot path of _fetch_method, spelled out
-        if raw_cursor is None or self._named:
+        if raw_cursor is _NOT_LIVE or self._named:
             return self._fetchone()
         fetch: Awaitable[Any] = raw_cursor.fetchone()
         return fetch
@@ -907,6 +914,9 @@ class _Turn:
         self.busy = False
 
 
+_COROUTINE = types.CoroutineType
+
+
 @types.coroutine
 def _closing_first(
     call: Awaitable[Any],
@@ -924,7 +934,7 @@ def _closing_first(
     on at once; the server is asked to cancel the query in the background.
     """
     # A coroutine steps itself; its __await__() would add a wrapper.
-    steps: Any = call if type(call) is types.CoroutineType else call.__await__()
+    steps: Any = call if type(call) is _COROUTINE else call.__await__()
     send = steps.send
     try:  # one try for the whole call: the hot path's cost is per step
         future = send(None)

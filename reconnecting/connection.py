@@ -500,16 +500,18 @@ def _server_method(name: str, doc: str) -> Callable[..., Any]:
     """Make a cursor method that calls the driver cursor's method ``name``."""
 
     def method(self: ReconnectingCursor, *args: Any, **kwargs: Any) -> Any:
-        raw_cursor = self._live  # the hot path: see ReconnectingCursor._live
-        if raw_cursor is None:
-            return self._run(name, *args, **kwargs)  # (re)connect, new cursor
-        try:
-            result = getattr(raw_cursor, name)(*args, **kwargs)
+        try:  # the hot path: see CursorBase._live
+            result = getattr(raw_cursor := self._live, name)(*args, **kwargs)
+        except _NotLiveError:
+            pass
         except Exception as exc:
             self._failed(exc, name)
             raise
-        # psycopg 3's execute() returns its cursor: return ours instead.
-        return self if result is raw_cursor else result
+        else:
+            # psycopg 3's execute() returns its cursor: return ours instead.
+            return self if result is raw_cursor else result
+        # Outside the except clause, so no error it raises carries _NotLiveError.
+        return self._run(name, *args, **kwargs)  # (re)connect, new cursor
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
@@ -520,14 +522,14 @@ def _fetch_method(name: str, doc: str) -> Callable[..., Any]:
     """Like ``_server_method``, for the fetches that take no argument."""
 
     def method(self: ReconnectingCursor) -> Any:
-        raw_cursor = self._live
-        if raw_cursor is None:
-            return self._run(name)
         try:
-            return getattr(raw_cursor, name)()
+            return getattr(self._live, name)()
+        except _NotLiveError:
+            pass
         except Exception as exc:
             self._failed(exc, name)
             raise
+        return self._run(name)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
@@ -540,6 +542,26 @@ _NOT_SET: Any = object()
 # A cursor's server connection before it has one, and after close(): never
 # the connection's, so the hot path's one identity check sends it the slow way.
 _NO_CONNECTION: Any = object()
+
+
+class _NotLiveError(Exception):
+    """Raised by ``_NOT_LIVE``: the hot path is closed, take the long way."""
+
+
+class _NotLiveCursor:
+    """What a cursor's ``_live`` holds while its driver cursor may not be
+    called straight away: every method it is asked for raises ``_NotLiveError``.
+    The sync hot path thus calls ``self._live.fetchone()`` as a
+    pass-through would, with no test of its own (an ``except`` costs
+    nothing until it catches)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NotLiveError
+
+
+_NOT_LIVE: Any = _NotLiveCursor()
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
@@ -584,7 +606,7 @@ class _DriverAttribute:
         if cursor is None:
             return self
         live = cursor._live
-        if live is not None:  # the hot path: description, rowcount, ...
+        if live is not _NOT_LIVE:  # the hot path: description, rowcount, ...
             value = getattr(live, self.name)
             if getattr(value, "__self__", None) is not live:
                 return value
@@ -635,6 +657,7 @@ class CursorBase:
     )
 
     _NOTHING_KEPT: Any = None  # what _kept holds when nothing is kept
+    _NOT_LIVE: Any = _NOT_LIVE  # what _live holds when the hot path is closed
     # The driver cursor classes whose names the class has (add_driver_attributes).
     _driver_cursor_classes: frozenset[type] | set[type] = frozenset()
 
@@ -651,9 +674,9 @@ class CursorBase:
         # The driver cursor while its server connection is the current one
         # and nothing else is to be read: the hot path calls it straight
         # away.  Whatever ends that (an outage, close(), a resolved commit)
-        # sets it to None first (see _detach_cursors), so the hot path
+        # sets it to _NOT_LIVE first (see _detach_cursors), so the hot path
         # needs no check of its own.
-        self._live: Any | None = None
+        self._live: Any = _NOT_LIVE
         self._settings: dict[str, Any] = {}
         self._kept: Any = self._NOTHING_KEPT  # a result kept after a resolved commit
         self._closed = False
@@ -695,12 +718,12 @@ class CursorBase:
             # No lock: the connection changes _current before it ends its
             # cursors' hot path, so one of the two sees the other.
             if raw is not connection._current:
-                self._live = None
+                self._live = _NOT_LIVE
         return self._raw_cursor
 
     def _detach(self) -> None:
         """Forget the driver cursor, for close()."""
-        self._closed, self._kept, self._live = True, self._NOTHING_KEPT, None
+        self._closed, self._kept, self._live = True, self._NOTHING_KEPT, _NOT_LIVE
         self._raw_cursor, self._raw_connection = None, _NO_CONNECTION
 
     def _driver_attribute(self, raw_cursor: Any, name: str) -> tuple[bool, Any]:
@@ -785,53 +808,52 @@ class ReconnectingCursor(CursorBase):
         params: Any = None,
         prepare: bool | None = None,
         binary: bool | None = None,
-        *,
         vars: Any = None,  # noqa: A002 (psycopg2's name for params)
     ) -> Any:
         """Run a query, as the driver's ``execute()`` (``prepare`` and
         ``binary`` are psycopg 3's; ``vars`` is psycopg2's name of ``params``)."""
-        # _server_method's hot path, spelled out for the most common call
-        # (named keywords: a **kwargs dict per call costs as much again).
-        if vars is not None:
-            params = vars
-        raw_cursor = self._live
-        if raw_cursor is None or prepare is not None or binary is not None:
-            options = {"prepare": prepare, "binary": binary}
-            kwargs = {key: value for key, value in options.items() if value is not None}
-            return self._run("execute", query, params, **kwargs)
-        try:
-            result = raw_cursor.execute(query, params)
-        except Exception as exc:
-            self._failed(exc, "execute")
-            raise
-        if result is None:  # psycopg2
-            return None
-        return self if result is raw_cursor else result
+        # _server_method's hot path, spelled out for the most common call.
+        # Named parameters: a **kwargs dict per call costs as much again,
+        # and keyword-only ones cost a dictionary lookup each.
+        if prepare is None and binary is None and vars is None:
+            try:
+                result = (raw_cursor := self._live).execute(query, params)
+            except _NotLiveError:
+                pass
+            except Exception as exc:
+                self._failed(exc, "execute")
+                raise
+            else:
+                return self if result is raw_cursor else result  # psycopg2's: None
+        options = {"prepare": prepare, "binary": binary}
+        kwargs = {key: value for key, value in options.items() if value is not None}
+        params = params if vars is None else vars
+        return self._run("execute", query, params, **kwargs)
 
     def fetchone(self) -> Any:
         """Return the next row, or ``None``."""
-        raw_cursor = self._live  # _fetch_method's hot path, spelled out
-        if raw_cursor is None:
-            return self._run("fetchone")
-        try:
-            return raw_cursor.fetchone()
+        try:  # _fetch_method's hot path, spelled out
+            return self._live.fetchone()
+        except _NotLiveError:
+            pass
         except Exception as exc:
             self._failed(exc, "fetchone")
             raise
+        return self._run("fetchone")
 
     executemany = _server_method("executemany", "Run a query for each parameter set.")
     fetchmany = _server_method("fetchmany", "Return the next ``size`` rows.")
 
     def fetchall(self) -> Any:
         """Return the remaining rows."""
-        raw_cursor = self._live  # as fetchone()
-        if raw_cursor is None:
-            return self._run("fetchall")
-        try:
-            return raw_cursor.fetchall()
+        try:  # as fetchone()
+            return self._live.fetchall()
+        except _NotLiveError:
+            pass
         except Exception as exc:
             self._failed(exc, "fetchall")
             raise
+        return self._run("fetchall")
 
     __next__ = _fetch_method("__next__", "Return the next row.")
 
@@ -841,7 +863,7 @@ class ReconnectingCursor(CursorBase):
     def close(self) -> None:
         """Close the cursor; the server connection stays open."""
         raw_cursor = self._raw_cursor
-        self._closed, self._kept, self._live = True, None, None  # as _detach()
+        self._closed, self._kept, self._live = True, None, _NOT_LIVE  # as _detach()
         self._raw_cursor, self._raw_connection = None, _NO_CONNECTION
         if raw_cursor is not None:
             try:
@@ -996,7 +1018,7 @@ class RememberedSettings:
         """The server connection stops being the current one: no cursor's
         hot path may use it any more."""
         for cursor in self._open_cursors():
-            cursor._live = None
+            cursor._live = _NOT_LIVE
 
     def _remember_unchecked(self, values: dict[str, Any]) -> None:
         """Remember settings made while no driver connection can check them

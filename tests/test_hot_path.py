@@ -1,0 +1,71 @@
+"""The hot path and the long way of the sync cursor.
+
+While its server connection is the current one, a cursor calls the driver
+cursor straight away; otherwise its stand-in raises a private exception
+and the call takes the long way (connect, or refuse). That exception is
+the cursor's business: no error the caller sees may carry it in its chain.
+"""
+
+import importlib
+
+import pytest
+
+from reconnecting import ReconnectingConnection, Retry
+
+
+def chain(error):
+    """``error`` and every error it was raised from or during."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def names_in_chain(error):
+    return [type(each).__name__ for each in chain(error)]
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def connection(request, pg):
+    driver = importlib.import_module(request.param)
+    connection = ReconnectingConnection(lambda: driver.connect(pg.dsn))
+    yield connection
+    connection.close()
+
+
+CALLS = {
+    "execute": lambda cursor: cursor.execute("SELECT 1"),
+    "executemany": lambda cursor: cursor.executemany("SELECT %s", [(1,)]),
+    "fetchone": lambda cursor: cursor.fetchone(),
+    "fetchmany": lambda cursor: cursor.fetchmany(2),
+    "fetchall": lambda cursor: cursor.fetchall(),
+}
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_an_error_of_the_long_way_carries_nothing_of_the_hot_path(connection, call):
+    cursor = connection.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    with pytest.raises(Retry):
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    with pytest.raises(Retry) as refused:  # until rollback()
+        CALLS[call](cursor)
+    connection.close()
+    with pytest.raises(connection.InterfaceError) as closed:
+        CALLS[call](cursor)
+    for error in refused.value, closed.value:
+        assert "NotLive" not in " ".join(names_in_chain(error))
+
+
+def test_the_cursor_takes_the_hot_path_again_after_the_outage(connection):
+    cursor = connection.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    (first_pid,) = cursor.fetchone()
+    with pytest.raises(Retry):
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    connection.rollback()
+    cursor.execute("SELECT pg_backend_pid(), 2")
+    (pid, two) = cursor.fetchone()
+    assert pid != first_pid and two == 2
+    assert cursor._live is cursor._raw_cursor  # live again: the hot path
+    cursor.execute("SELECT 3")
+    assert cursor.fetchall() == [(3,)]
