@@ -25,15 +25,19 @@ def test_database():
 DRIVERS = ("psycopg2", "psycopg")
 
 
-def driver_arguments(description, count_name, count_default):
-    """Parse ``[count] [--driver psycopg2|psycopg]``; return the count and
-    the driver modules to measure (both unless one is named)."""
+def driver_arguments(description, count_name, count_default, processes=None):
+    """Parse ``[count] [--driver psycopg2|psycopg]`` (and ``[--processes
+    N]`` when a default is given); return the count and the driver modules
+    to measure (both unless one is named), and the processes if asked."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(count_name, type=int, nargs="?", default=count_default)
     parser.add_argument("--driver", choices=DRIVERS, help="default: both, in turn")
+    if processes is not None:
+        parser.add_argument("--processes", type=int, default=processes)
     args = parser.parse_args()
     names = [args.driver] if args.driver else DRIVERS
-    return getattr(args, count_name), [importlib.import_module(n) for n in names]
+    found = getattr(args, count_name), [importlib.import_module(n) for n in names]
+    return found if processes is None else (*found, args.processes)
 
 
 def connect_over_unix_socket(pg, driver):

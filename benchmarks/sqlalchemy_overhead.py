@@ -19,6 +19,7 @@ seed to the next, a spread as large as the target.  One process would
 measure its seed's luck.
 
     python benchmarks/sqlalchemy_overhead.py [pairs] [--driver psycopg2|psycopg]
+        [--processes 9]
 
 Target: a ratio of at most 1.03 with each driver.
 """
@@ -137,8 +138,9 @@ def main():
     if sys.argv[1:2] == ["--child"]:
         driver_name, transport, pairs = sys.argv[2:5]
         return child(driver_name, transport, int(pairs))
-    pairs, drivers = driver_arguments(__doc__.splitlines()[0], "pairs", 60)
-    processes = 5
+    pairs, drivers, processes = driver_arguments(
+        __doc__.splitlines()[0], "pairs", 60, processes=9
+    )
     with test_database() as pg:
         for driver in drivers:
             for transport in ("unix", "TCP"):
