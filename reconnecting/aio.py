@@ -731,7 +731,7 @@ class AsyncReconnectingCursor(CursorBase):
         # arraysize, row_factory, ...: set now and on every new driver cursor.
         if self._raw_cursor is not None:
             setattr(self._raw_cursor, name, value)
-        self._settings[name] = value
+        self._settings = {**self._settings, name: value}
 
 
 add_driver_attributes(AsyncReconnectingCursor, DRIVER_CURSOR_NAMES)

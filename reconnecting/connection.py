@@ -34,7 +34,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from fnmatch import fnmatchcase
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -562,6 +562,7 @@ class _NotLiveCursor:
 
 
 _NOT_LIVE: Any = _NotLiveCursor()
+_NO_SETTINGS: Mapping[str, Any] = types.MappingProxyType({})
 
 
 _FETCHES = frozenset({"fetchone", "fetchmany", "fetchall", "__next__"})
@@ -663,9 +664,10 @@ class CursorBase:
 
     def __init__(self, connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]):
         # The connection ends the hot path of its open cursors (their
-        # weak references leave the set as the cursors go).
-        cursors = connection._cursors
-        cursors.add(weakref.ref(self, cursors.discard))
+        # weak references leave the set as the cursors go).  Few reads of
+        # the connection: each costs as much as a call (its __getattr__).
+        cursors, forget = connection._cursor_set
+        cursors.add(weakref.ref(self, forget))
         self._connection = connection
         self._args = args
         self._kwargs = kwargs
@@ -677,17 +679,26 @@ class CursorBase:
         # sets it to _NOT_LIVE first (see _detach_cursors), so the hot path
         # needs no check of its own.
         self._live: Any = _NOT_LIVE
-        self._settings: dict[str, Any] = {}
+        # Settings made on this cursor: copied on change, shared until then.
+        self._settings: Mapping[str, Any] = _NO_SETTINGS
         self._kept: Any = self._NOTHING_KEPT  # a result kept after a resolved commit
         self._closed = False
-        if connection._current is not None:
-            # Connected: the driver cursor now (no round trip), so that the
-            # first call takes the hot path.  A failure here is told by that
-            # call, which makes it again.
-            try:
-                self._cursor_on(connection._current)
-            except Exception:
-                pass
+        raw = connection._current
+        if raw is None:
+            return
+        # Connected: the driver cursor now (no round trip), so that the
+        # first call takes the hot path: _cursor_on(), spelled out for a new
+        # cursor, which has no settings yet and nothing kept.
+        try:
+            raw_cursor = raw.cursor(*args, **kwargs) if args or kwargs else raw.cursor()
+        except Exception:
+            return  # told by the first call, which makes it again
+        self._raw_cursor, self._raw_connection = raw_cursor, raw
+        if type(raw_cursor) not in self._driver_cursor_classes:
+            add_driver_attributes(type(self), raw_cursor)
+        self._live = raw_cursor
+        if raw is not connection._current:  # changed meanwhile: see _cursor_on
+            self._live = _NOT_LIVE
 
     @property
     def closed(self) -> bool:
@@ -706,7 +717,9 @@ class CursorBase:
         if self._closed:
             raise connection._closed_error("cursor")
         if self._raw_connection is not raw:
-            raw_cursor = raw.cursor(*self._args, **self._kwargs)
+            args, kwargs = self._args, self._kwargs
+            # (psycopg2 parses an empty **kwargs as dearly as a full one)
+            raw_cursor = raw.cursor(*args, **kwargs) if args or kwargs else raw.cursor()
             for name, value in self._settings.items():
                 setattr(raw_cursor, name, value)
             self._raw_cursor, self._raw_connection = raw_cursor, raw
@@ -911,7 +924,7 @@ class ReconnectingCursor(CursorBase):
         """Set ``name`` of the driver's cursor (see _DriverAttribute)."""
         # arraysize, itersize, ...: set now and on every new driver cursor.
         self._connection._call(lambda raw: setattr(self._cursor_on(raw), name, value))
-        self._settings[name] = value
+        self._settings = {**self._settings, name: value}
 
 
 add_driver_attributes(ReconnectingCursor, DRIVER_CURSOR_NAMES)
@@ -1073,6 +1086,8 @@ class ConnectionState(RememberedSettings):
         self._resolve_commit = resolve_commit
         self._resolve_timeout = resolve_timeout
         self._cursors: set[weakref.ref[Any]] = set()  # open ones, weakly
+        # What a new cursor registers itself with: the set, and how to leave it.
+        self._cursor_set = (self._cursors, self._cursors.discard)
         self._raw = None  # None unless connected
         self._last_raw: Any | None = None
         self._standby: Any | None = None  # _raw, if it was made to a hot standby

@@ -69,3 +69,23 @@ def test_the_cursor_takes_the_hot_path_again_after_the_outage(connection):
     assert cursor._live is cursor._raw_cursor  # live again: the hot path
     cursor.execute("SELECT 3")
     assert cursor.fetchall() == [(3,)]
+
+
+def test_a_cursor_made_while_connected_is_live_at_once(connection):
+    connection.cursor().execute("SELECT 1")  # connects
+    cursor = connection.cursor()
+    assert cursor._live is cursor._raw_cursor is not None
+    cursor.execute("SELECT 2")
+    assert cursor.fetchone() == (2,)
+
+
+def test_the_settings_of_a_cursor_are_its_own_and_outlive_an_outage(connection):
+    first, second = connection.cursor(), connection.cursor()
+    default = second.arraysize
+    first.arraysize = default + 6
+    assert (first.arraysize, second.arraysize) == (default + 6, default)
+    with pytest.raises(Retry):
+        first.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    connection.rollback()
+    first.execute("SELECT 1")
+    assert (first.arraysize, connection.cursor().arraysize) == (default + 6, default)
