@@ -617,24 +617,61 @@ class _DriverAttribute:
         cursor._set_attribute(self.name, value)
 
 
-def add_driver_attributes(cls: type, names_or_cursor: Any) -> None:
-    """Give ``cls`` the public names of a driver cursor (or the names given)
-    that it lacks, each read from the driver cursor of the moment."""
-    if isinstance(names_or_cursor, list):
-        names = names_or_cursor
+# The public names of psycopg2's and psycopg 3's connections that ours does
+# not define: each reads the driver connection's (see _ConnectionAttribute);
+# others are added with the first driver connection of their class.
+DRIVER_CONNECTION_NAMES = (
+    "DataError DatabaseError Error IntegrityError InterfaceError InternalError"
+    " NotSupportedError OperationalError ProgrammingError Warning adapters"
+    " add_notice_handler add_notify_handler async async_ autocommit"
+    " binary_types broken cancel cancel_safe connect connection cursor_factory"
+    " deferrable dsn encoding execute fileno get_backend_pid get_dsn_parameters"
+    " get_native_connection get_parameter_status get_transaction_status info"
+    " isexecuting isolation_level lobject lock notifies pgconn pgconn_ptr"
+    " pipeline poll prepare_threshold prepared_max protocol_version read_only"
+    " readonly remove_notice_handler remove_notify_handler reset row_factory"
+    " server_cursor_factory server_version set_autocommit set_client_encoding"
+    " set_deferrable set_isolation_level set_read_only set_session status"
+    " string_types tpc_begin tpc_commit tpc_prepare tpc_recover tpc_rollback"
+    " transaction wait xid"
+).split()
+
+
+class _ConnectionAttribute:
+    """An attribute of the driver's connection, on the class of ours (as
+    _DriverAttribute for cursors: with a ``__getattr__``, every attribute
+    of a connection would be read the slow way, ours included)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, connection: Any, owner: type | None = None) -> Any:
+        if connection is None:
+            return self
+        return connection._driver_attribute(self.name)
+
+
+def add_driver_attributes(
+    cls: type, names_or_driver_object: Any, attribute: Any = _DriverAttribute
+) -> None:
+    """Give ``cls`` the public names of a driver cursor or connection (or
+    the names given) that it lacks, each an ``attribute`` descriptor that
+    reads it from the driver object of the moment."""
+    if isinstance(names_or_driver_object, list):
+        names = names_or_driver_object
     else:
-        # The driver cursor classes whose names ``cls`` has, kept on it.
-        seen = cls.__dict__.get("_driver_cursor_classes")
+        # The driver classes whose names ``cls`` has, kept on it.
+        seen = cls.__dict__.get("_driver_classes")
         if seen is None:
             seen = set()
-            type.__setattr__(cls, "_driver_cursor_classes", seen)
-        if type(names_or_cursor) in seen:
+            type.__setattr__(cls, "_driver_classes", seen)
+        if type(names_or_driver_object) in seen:
             return
-        seen.add(type(names_or_cursor))
-        names = dir(names_or_cursor)
+        seen.add(type(names_or_driver_object))
+        names = dir(names_or_driver_object)
     for name in names:
         if not name.startswith("_") and not hasattr(cls, name):
-            setattr(cls, name, _DriverAttribute(name))
+            type.__setattr__(cls, name, attribute(name))
 
 
 class CursorBase:
@@ -660,7 +697,7 @@ class CursorBase:
     _NOTHING_KEPT: Any = None  # what _kept holds when nothing is kept
     _NOT_LIVE: Any = _NOT_LIVE  # what _live holds when the hot path is closed
     # The driver cursor classes whose names the class has (add_driver_attributes).
-    _driver_cursor_classes: frozenset[type] | set[type] = frozenset()
+    _driver_classes: frozenset[type] | set[type] = frozenset()
 
     def __init__(self, connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]):
         # The connection ends the hot path of its open cursors (their
@@ -694,7 +731,7 @@ class CursorBase:
         except Exception:
             return  # told by the first call, which makes it again
         self._raw_cursor, self._raw_connection = raw_cursor, raw
-        if type(raw_cursor) not in self._driver_cursor_classes:
+        if type(raw_cursor) not in self._driver_classes:
             add_driver_attributes(type(self), raw_cursor)
         self._live = raw_cursor
         if raw is not connection._current:  # changed meanwhile: see _cursor_on
@@ -724,7 +761,7 @@ class CursorBase:
                 setattr(raw_cursor, name, value)
             self._raw_cursor, self._raw_connection = raw_cursor, raw
             self._kept = self._NOTHING_KEPT
-            if type(raw_cursor) not in self._driver_cursor_classes:
+            if type(raw_cursor) not in self._driver_classes:
                 add_driver_attributes(type(self), raw_cursor)
         if raw is connection._current and not self._kept:
             self._live = self._raw_cursor
@@ -1023,6 +1060,9 @@ class RememberedSettings:
     _settings: dict[str, Any]
     _unchecked: dict[str, Any]  # name: the value it replaced
     _cursors: set[weakref.ref[Any]]  # the open cursors, weakly
+    # The driver connection classes whose names the class has (the sync
+    # connection's: see _ConnectionAttribute).
+    _driver_classes: frozenset[type] | set[type] = frozenset()
 
     def _open_cursors(self) -> list[Any]:
         return [c for ref in list(self._cursors) if (c := ref()) is not None]
@@ -1404,7 +1444,10 @@ class ReconnectingConnection(ConnectionState):
     modes by attribute or by the driver's ``set_*()`` methods, and
     attributes such as ``row_factory``, ``cursor_factory`` or
     ``prepare_threshold``) are remembered, one value per setting, and
-    applied to every new server connection.
+    applied to every new server connection.  The driver connection's other
+    attributes are read from the current server connection: those of
+    psycopg2's and psycopg's connections at any time, those only a
+    driver's subclass has once a server connection of it was made.
 
     With ``resolve_commit=True``, a ``commit()`` whose connection breaks
     before its reply arrives asks the server, over a new connection, what
@@ -1473,6 +1516,8 @@ class ReconnectingConnection(ConnectionState):
     def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = self._factory()
+        if type(raw) not in self._driver_classes:
+            add_driver_attributes(type(self), raw, _ConnectionAttribute)
         try:
             for name, value in list(self._settings.items()):
                 with self._setting(raw, name):
@@ -1630,11 +1675,14 @@ class ReconnectingConnection(ConnectionState):
         try:
             return raw.notices
         except AttributeError:  # not connected; psycopg 3 has none
-            return self.__getattr__("notices")
+            return self._driver_attribute("notices")
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
+    if TYPE_CHECKING:  # the driver connection's other attributes, for type checkers
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def _driver_attribute(self, name: str) -> Any:
+        """The driver connection's attribute ``name`` (see _ConnectionAttribute)."""
         raw = self._raw
         if raw is None:
             if name in self._settings:
@@ -1768,6 +1816,11 @@ class ReconnectingConnection(ConnectionState):
             _close_quietly(raw)
         with self._lock:
             self._resolved(written[0], status, retry, exc)
+
+
+add_driver_attributes(
+    ReconnectingConnection, DRIVER_CONNECTION_NAMES, _ConnectionAttribute
+)
 
 
 def _commit(raw: Any) -> None:

@@ -89,3 +89,55 @@ def test_the_settings_of_a_cursor_are_its_own_and_outlive_an_outage(connection):
     connection.rollback()
     first.execute("SELECT 1")
     assert (first.arraysize, connection.cursor().arraysize) == (default + 6, default)
+
+
+# The connection has no __getattr__ either (it would make every read of
+# its attributes slow): the driver connection's names are descriptors on
+# its class, those of both drivers from the start, others from the first
+# server connection of their class on.
+
+
+def test_an_unknown_attribute_fails_without_connecting(pg):
+    import psycopg2
+
+    opened = []
+
+    def factory():
+        opened.append(psycopg2.connect(pg.dsn))
+        return opened[-1]
+
+    connection = ReconnectingConnection(factory)
+    with pytest.raises(AttributeError):
+        connection.no_such_attribute  # noqa: B018
+    assert opened == []
+    assert connection.server_version >= 90000  # a driver's name: connects
+    assert len(opened) == 1
+    with pytest.raises(AttributeError):
+        connection.no_such_attribute  # noqa: B018
+    connection.close()
+
+
+def test_the_names_of_a_custom_driver_connection_come_with_it(pg):
+    import psycopg2.extensions
+
+    class LedgerConnection(psycopg2.extensions.connection):
+        ledger_name = "main"
+
+        def backend(self):
+            with self.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                return cursor.fetchone()[0]
+
+    connection = ReconnectingConnection(
+        lambda: psycopg2.connect(pg.dsn, connection_factory=LedgerConnection)
+    )
+    cursor = connection.cursor()
+    cursor.execute("SELECT pg_backend_pid()")
+    (pid,) = cursor.fetchone()
+    assert connection.ledger_name == "main"
+    assert connection.backend() == pid  # run on the current server connection
+    with pytest.raises(Retry):
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    connection.rollback()
+    assert connection.backend() != pid  # the new server connection's
+    connection.close()
