@@ -480,7 +480,9 @@ def check_setting(raw: Any, name: str) -> None:
     # properties or attributes of their own.
     if hasattr(getattr(type(raw), name, None), "__set__"):
         return
-    if name in getattr(raw, "__dict__", ()):
+    # An attribute of its own; not asked of raw.__dict__, which would give
+    # the object a real dictionary and make all its attribute reads slow.
+    if not hasattr(type(raw), name) and hasattr(raw, name):
         return
     kind = f"{type(raw).__module__}.{type(raw).__qualname__}"
     raise AttributeError(f"'{kind}' object has no setting {name!r}")
@@ -668,7 +670,10 @@ def add_driver_attributes(
         if type(names_or_driver_object) in seen:
             return
         seen.add(type(names_or_driver_object))
-        names = dir(names_or_driver_object)
+        # The class's names: dir() of the object itself would give psycopg's
+        # connection a real __dict__, and every attribute read of it, the
+        # driver's own included, would be slow from then on.
+        names = dir(type(names_or_driver_object))
     for name in names:
         if not name.startswith("_") and not hasattr(cls, name):
             type.__setattr__(cls, name, attribute(name))
@@ -1446,8 +1451,8 @@ class ReconnectingConnection(ConnectionState):
     ``prepare_threshold``) are remembered, one value per setting, and
     applied to every new server connection.  The driver connection's other
     attributes are read from the current server connection: those of
-    psycopg2's and psycopg's connections at any time, those only a
-    driver's subclass has once a server connection of it was made.
+    psycopg2's and psycopg's connections at any time, those only the class
+    of a driver's subclass has once a server connection of it was made.
 
     With ``resolve_commit=True``, a ``commit()`` whose connection breaks
     before its reply arrives asks the server, over a new connection, what

@@ -141,3 +141,30 @@ def test_the_names_of_a_custom_driver_connection_come_with_it(pg):
     connection.rollback()
     assert connection.backend() != pid  # the new server connection's
     connection.close()
+
+
+def has_a_real_dict(obj):
+    """Whether ``obj``'s attributes live in a dictionary of their own, which
+    CPython 3.11+ makes on first use of ``obj.__dict__`` (or ``dir(obj)``):
+    from then on every attribute read of ``obj`` is slower."""
+    import gc
+
+    return any(isinstance(r, dict) and "pgconn" in r for r in gc.get_referents(obj))
+
+
+def test_the_driver_connection_keeps_its_fast_attributes(pg):
+    psycopg = pytest.importorskip("psycopg")
+    made = []
+
+    def factory():
+        made.append(psycopg.connect(pg.dsn))
+        return made[-1]
+
+    connection = ReconnectingConnection(factory)
+    connection.cursor_factory = psycopg.ClientCursor  # a setting checked on raw
+    connection.cursor().execute("SELECT 1")
+    assert connection.info.status == psycopg.pq.ConnStatus.OK
+    assert not has_a_real_dict(made[0])
+    made[0].__dict__  # noqa: B018 (the check can tell)
+    assert has_a_real_dict(made[0])
+    connection.close()
