@@ -155,6 +155,7 @@ class AsyncReconnectingConnection(ConnectionState):
     async def _open(self) -> Any:
         """Make a server connection with the remembered settings."""
         raw = await self._factory()
+        _close_when_cancelled(raw)
         try:
             for name, value in list(self._settings.items()):
                 with self._setting(raw, name):
@@ -526,14 +527,13 @@ def _server_method(name: str, doc: str, returns_self: bool = False) -> Any:
             result = await self._run(name, args, kwargs)
         else:
             turn.busy = True  # free, so taken at once (see _Turn.take)
-            try:
-                result = await _closing_first(
-                    getattr(raw_cursor, name)(*args, **kwargs),
-                    self._connection,
-                    self._raw_connection,
-                )
+            try:  # a cancellation closes first: see _close_when_cancelled()
+                result = await getattr(raw_cursor, name)(*args, **kwargs)
             except Exception as exc:
                 await self._failed(exc, statement)
+                raise
+            except BaseException:  # cancelled, or interrupted
+                self._connection._interrupted(self._raw_connection)
                 raise
             finally:
                 turn.give()
@@ -644,11 +644,13 @@ class AsyncReconnectingCursor(CursorBase):
             await self._run("execute", (query, params), kwargs)
             return self
         turn.busy = True  # free, so taken at once (see _Turn.take)
-        call = raw_cursor.execute(query, params)
-        try:
-            await _closing_first(call, self._connection, self._raw_connection)
+        try:  # a cancellation closes first: see _close_when_cancelled()
+            await raw_cursor.execute(query, params)
         except Exception as exc:
             await self._failed(exc, True)
+            raise
+        except BaseException:  # cancelled, or interrupted
+            self._connection._interrupted(self._raw_connection)
             raise
         finally:
             if turn.waiting:
@@ -955,6 +957,44 @@ def _closing_first(
         return done.value
 
 
+def _close_when_cancelled(raw: Any) -> None:
+    """Make ``raw`` close itself as soon as a call on it is cancelled.
+
+    Every call of psycopg's ``AsyncConnection`` awaits its ``wait()``,
+    which answers a cancellation by asking the server to cancel the query
+    and waiting for the query to end: up to ten seconds on a link that lost
+    its packets.  The ``wait()`` given here closes the server connection at
+    once instead, and the server is asked to cancel the query in the
+    background.  It costs a call no more than psycopg's own, which is why
+    the hot path relies on it; other calls are stepped by
+    :func:`_closing_first` as well, which also knows what the call was.
+    (An attribute of the object, not a subclass: assigning ``__class__``
+    would give the connection a real ``__dict__``, and every attribute read
+    of it, psycopg's own included, would be slower.)
+    """
+    pgconn = getattr(raw, "pgconn", None)
+    wait_async = getattr(sys.modules.get("psycopg.waiting"), "wait_async", None)
+    own = getattr(getattr(type(raw), "wait", None), "__code__", None)
+    if pgconn is None or wait_async is None or own is None:
+        return  # not psycopg's: only _closing_first() steps in
+    if own.co_varnames[:4] != ("self", "gen", "interval", "timeout"):
+        return  # psycopg before 3.3: it waits as it waits
+    interval = type(raw).wait.__defaults__[0]
+
+    # psycopg's signature, so that its calls of wait() stay quick
+    async def wait(gen: Any, interval: float = interval, timeout: Any = None) -> Any:
+        try:
+            return await wait_async(
+                gen, pgconn.socket, interval=interval, timeout=timeout
+            )
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled, or interrupted
+                _close_pgconn_now(pgconn, cancel_query=True)
+            raise
+
+    raw.wait = wait
+
+
 def _outcome_unknown(transaction_id: str, error: BaseException) -> None:
     """Say which transaction a cancelled commit leaves in doubt."""
     log.warning(
@@ -976,16 +1016,21 @@ def _close_now(raw: Any, cancel_query: bool = True) -> None:
     """Close a server connection without awaiting (psycopg's socket closes now);
     a query it was running is cancelled in the background (if ``cancel_query``)."""
     pgconn = getattr(raw, "pgconn", None)
+    if pgconn is None:
+        asyncio.ensure_future(_close_quietly(raw))
+    else:
+        _close_pgconn_now(pgconn, cancel_query)
+
+
+def _close_pgconn_now(pgconn: Any, cancel_query: bool) -> None:
+    """Close psycopg's ``pgconn`` now, as ``_close_now()`` says."""
     try:
-        if pgconn is None:
-            asyncio.ensure_future(_close_quietly(raw))
-        elif cancel_query and pgconn.transaction_status == _QUERY_RUNNING:
+        if cancel_query and pgconn.transaction_status == _QUERY_RUNNING:
             _cancel_in_background(pgconn)
     except Exception:
         pass  # the query runs on until the server notices the closed socket
     finally:
-        if pgconn is not None:
-            pgconn.finish()
+        pgconn.finish()
 
 
 def _cancel_in_background(pgconn: Any) -> None:

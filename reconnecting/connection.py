@@ -706,8 +706,8 @@ class CursorBase:
 
     def __init__(self, connection: Any, args: tuple[Any, ...], kwargs: dict[str, Any]):
         # The connection ends the hot path of its open cursors (their
-        # weak references leave the set as the cursors go).  Few reads of
-        # the connection: each costs as much as a call (its __getattr__).
+        # weak references leave the set as the cursors go).  The set and
+        # its discard come as one pair: one read, and no bound method made.
         cursors, forget = connection._cursor_set
         cursors.add(weakref.ref(self, forget))
         self._connection = connection

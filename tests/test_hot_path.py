@@ -168,3 +168,32 @@ def test_the_driver_connection_keeps_its_fast_attributes(pg):
     made[0].__dict__  # noqa: B018 (the check can tell)
     assert has_a_real_dict(made[0])
     connection.close()
+
+
+def test_the_asyncio_connection_hears_a_cancellation_before_psycopg(pg):
+    # Each psycopg connection the asyncio connection makes gets a wait() of
+    # ours, which closes it as soon as a call is cancelled: psycopg's would
+    # wait for the query first (ten seconds on a silent link; the timing is
+    # shown in docs/asyncio.rst). psycopg does not document wait(), so this
+    # tells at once when a release changes it. It must not cost the driver
+    # connection its fast attributes either.
+    psycopg = pytest.importorskip("psycopg")
+    asyncio = importlib.import_module("asyncio")
+    from reconnecting import AsyncReconnectingConnection
+
+    made = []
+
+    async def factory():
+        made.append(await psycopg.AsyncConnection.connect(pg.dsn))
+        return made[-1]
+
+    async def main():
+        db = AsyncReconnectingConnection(factory)
+        cursor = db.cursor()
+        await cursor.execute("SELECT 1")
+        await cursor.execute("SELECT 1")  # the hot path
+        assert made[0].wait.__module__ == "reconnecting.aio"
+        assert not has_a_real_dict(made[0])
+        await db.close()
+
+    asyncio.run(main())
