@@ -29,9 +29,10 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .connection import (
+    DRIVER_CONNECTION_NAMES,
     DRIVER_CURSOR_NAMES,
     NOT_STATEMENTS,
     SESSION_LOST,
@@ -47,6 +48,7 @@ from .connection import (
     StatementOutcomeUnknown,
     TransactionBlock,
     Written,
+    add_connection_attributes,
     add_driver_attributes,
     check_setting,
     is_disconnection,
@@ -156,6 +158,8 @@ class AsyncReconnectingConnection(ConnectionState):
         """Make a server connection with the remembered settings."""
         raw = await self._factory()
         _close_when_cancelled(raw)
+        if type(raw) not in self._driver_classes:
+            add_connection_attributes(type(self), raw)
         try:
             for name, value in list(self._settings.items()):
                 with self._setting(raw, name):
@@ -470,9 +474,13 @@ class AsyncReconnectingConnection(ConnectionState):
 
     # -- everything else goes to the driver connection -------------------------
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
+    if TYPE_CHECKING:  # the driver connection's other attributes, for type checkers
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    def _driver_attribute(self, name: str) -> Any:
+        """The driver connection's attribute ``name`` (see
+        ``add_connection_attributes()``); reading it never connects."""
         if self._raw is None and name in self._settings:
             return self._settings[name]  # remembered: no server needed
         # The last server connection still knows its plain attributes.
@@ -721,7 +729,7 @@ class AsyncReconnectingCursor(CursorBase):
                 return _UNUSED_CURSOR[name]  # never connects to say so
             raw = raw or connection._last_raw
             if raw is None:
-                connection.__getattr__(name)  # raises: not connected yet
+                connection._driver_attribute(name)  # raises: not connected yet
             raw_cursor = self._cursor_on(raw)
         as_it_is, value = self._driver_attribute(raw_cursor, name)
         if as_it_is or not inspect.iscoroutinefunction(value):
@@ -737,6 +745,7 @@ class AsyncReconnectingCursor(CursorBase):
 
 
 add_driver_attributes(AsyncReconnectingCursor, DRIVER_CURSOR_NAMES)
+add_connection_attributes(AsyncReconnectingConnection, DRIVER_CONNECTION_NAMES)
 
 
 class _AsyncTransactionBlock(TransactionBlock):

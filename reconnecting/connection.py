@@ -679,6 +679,12 @@ def add_driver_attributes(
             type.__setattr__(cls, name, attribute(name))
 
 
+def add_connection_attributes(cls: type, names_or_driver_object: Any) -> None:
+    """``add_driver_attributes()`` for a connection class: each name reads
+    ``connection._driver_attribute(name)``."""
+    add_driver_attributes(cls, names_or_driver_object, _ConnectionAttribute)
+
+
 class CursorBase:
     """What the sync and asyncio cursors share: the arguments the driver
     cursor is made with on each new server connection, the settings made on
@@ -1065,8 +1071,8 @@ class RememberedSettings:
     _settings: dict[str, Any]
     _unchecked: dict[str, Any]  # name: the value it replaced
     _cursors: set[weakref.ref[Any]]  # the open cursors, weakly
-    # The driver connection classes whose names the class has (the sync
-    # connection's: see _ConnectionAttribute).
+    # The driver connection classes whose names the class has (see
+    # add_connection_attributes).
     _driver_classes: frozenset[type] | set[type] = frozenset()
 
     def _open_cursors(self) -> list[Any]:
@@ -1522,7 +1528,7 @@ class ReconnectingConnection(ConnectionState):
         """Make a server connection with the remembered settings."""
         raw = self._factory()
         if type(raw) not in self._driver_classes:
-            add_driver_attributes(type(self), raw, _ConnectionAttribute)
+            add_connection_attributes(type(self), raw)
         try:
             for name, value in list(self._settings.items()):
                 with self._setting(raw, name):
@@ -1823,9 +1829,7 @@ class ReconnectingConnection(ConnectionState):
             self._resolved(written[0], status, retry, exc)
 
 
-add_driver_attributes(
-    ReconnectingConnection, DRIVER_CONNECTION_NAMES, _ConnectionAttribute
-)
+add_connection_attributes(ReconnectingConnection, DRIVER_CONNECTION_NAMES)
 
 
 def _commit(raw: Any) -> None:

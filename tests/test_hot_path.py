@@ -197,3 +197,38 @@ def test_the_asyncio_connection_hears_a_cancellation_before_psycopg(pg):
         await db.close()
 
     asyncio.run(main())
+
+
+def test_the_asyncio_connection_has_the_same_names_as_the_sync_one(pg):
+    # No __getattr__ on either: an unknown name fails without connecting,
+    # a driver's name reads the driver connection, and a driver subclass's
+    # own names come with its first server connection.
+    psycopg = pytest.importorskip("psycopg")
+    asyncio = importlib.import_module("asyncio")
+    from reconnecting import AsyncReconnectingConnection
+
+    class LedgerConnection(psycopg.AsyncConnection):
+        ledger_name = "main"
+
+    opened = []
+
+    async def factory():
+        opened.append(await LedgerConnection.connect(pg.dsn))
+        return opened[-1]
+
+    async def main():
+        db = AsyncReconnectingConnection(factory)
+        assert "__getattr__" not in vars(type(db))
+        with pytest.raises(AttributeError):
+            db.no_such_attribute  # noqa: B018
+        with pytest.raises(AttributeError):
+            db.ledger_name  # noqa: B018 (not known before its connection)
+        assert opened == []
+        await db.execute("SELECT 1")
+        assert db.ledger_name == "main" and db.info.server_version >= 90000
+        with pytest.raises(AttributeError):
+            db.no_such_attribute  # noqa: B018
+        assert len(opened) == 1
+        await db.close()
+
+    asyncio.run(main())
