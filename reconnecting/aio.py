@@ -985,9 +985,11 @@ def _close_when_cancelled(raw: Any) -> None:
     wait_async = getattr(sys.modules.get("psycopg.waiting"), "wait_async", None)
     own = getattr(getattr(type(raw), "wait", None), "__code__", None)
     if pgconn is None or wait_async is None or own is None:
-        return  # not psycopg's: only _closing_first() steps in
+        return  # not psycopg's connection: nothing to replace
     if own.co_varnames[:4] != ("self", "gen", "interval", "timeout"):
-        return  # psycopg before 3.3: it waits as it waits
+        # A wait() we do not know (tests/test_hot_path.py tells): a call
+        # cancelled on the hot path waits as psycopg waits, then closes.
+        return
     interval = type(raw).wait.__defaults__[0]
 
     # psycopg's signature, so that its calls of wait() stay quick
