@@ -4,7 +4,11 @@ import argparse
 import contextlib
 import importlib
 import itertools
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 from reconnecting.testing import PgTestSetup
@@ -39,6 +43,21 @@ def driver_arguments(description, count_name, count_default, processes=None):
     names = [args.driver] if args.driver else DRIVERS
     found = getattr(args, count_name), [importlib.import_module(n) for n in names]
     return found if processes is None else (*found, args.processes)
+
+
+def in_processes(script, child_args, pg, processes):
+    """Run ``script --child *child_args`` in ``processes`` processes, each
+    with its own string hash seed (1, 2, ...); return what each printed, as
+    JSON.  The server is named in the environment, its password with it."""
+    socket_dir = getattr(pg.server, "socket_dir", None) or ""
+    env = dict(os.environ, BENCH_DSN=pg.dsn, BENCH_SOCKET_DIR=socket_dir)
+    runs = []
+    for seed in range(processes):
+        env["PYTHONHASHSEED"] = str(seed + 1)
+        args = [sys.executable, script, "--child", *map(str, child_args)]
+        out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout))
+    return runs
 
 
 def connect_over_unix_socket(pg, driver):
@@ -114,38 +133,31 @@ def rotating_round_trips(cursors, rounds):
     return times
 
 
-SLICES = 10  # the rounds are cut in this many slices to show the spread
+def added(times, base):
+    """The median, over rounds, of what ``times`` took beyond ``base`` in
+    the same round (seconds)."""
+    return statistics.median(t - b for t, b in zip(times, base, strict=True))
 
 
-def additions(times, base):
-    """The median, over rounds, of what ``times`` took beyond ``base`` in the
-    same round (seconds); and its lowest and highest over ``SLICES`` slices."""
-    added = [t - b for t, b in zip(times, base, strict=True)]
-    size = len(added) // SLICES
-    slices = [
-        statistics.median(added[i : i + size]) for i in range(0, size * SLICES, size)
-    ]
-    return statistics.median(added), min(slices), max(slices)
-
-
-def report_three(label, times):
-    """Print what the pass-through and ours add to the raw driver's round
-    trip, from the times of ``rotating_round_trips([raw, pass, ours])``."""
+def three_additions(times):
+    """From the times of ``rotating_round_trips([raw, pass, ours])``: the
+    raw round trip's median, and what the pass-through and ours add to it."""
     raw, passing, ours = times
-    direct = statistics.median(raw)
-    (p, p_low, p_high), (o, o_low, o_high) = (
-        additions(passing, raw),
-        additions(ours, raw),
-    )
-    us = 1e6
+    return [statistics.median(raw), added(passing, raw), added(ours, raw)]
+
+
+def report_processes(label, runs):
+    """Print the medians over processes of ``three_additions()``'s figures,
+    and each process's ratio of the additions."""
+    direct, passing, ours = map(statistics.median, zip(*runs, strict=True))
     # A pass-through addition lost in the noise makes no ratio.
-    ratio = f"{o / p:.2f}" if p > 0 else "none (pass-through adds nothing measurable)"
+    ratios = [o / p if p > 0 else float("nan") for _, p, o in runs]
+    us = 1e6
     print(
         f"{label}: raw {direct * us:.1f} us per round trip;"
-        f" pass-through adds {p * us:.2f} us ({p_low * us:.2f} to {p_high * us:.2f}),"
-        f" ours {o * us:.2f} us ({o_low * us:.2f} to {o_high * us:.2f});"
-        f" ours / pass-through addition {ratio} (by time: the target <= 1.5"
-        " is counted by instructions.py);"
-        f" ours / raw {(direct + o) / direct:.3f} (target <= 1.03);"
-        f" {len(raw)} rounds"
+        f" pass-through adds {passing * us:.2f} us, ours {ours * us:.2f} us;"
+        f" ours / pass-through addition: median {statistics.median(ratios):.2f}"
+        f" over {len(runs)} processes (each: {', '.join(f'{r:.2f}' for r in ratios)};"
+        " target <= 1.5);"
+        f" ours / raw {(direct + ours) / direct:.3f} (target <= 1.03)"
     )

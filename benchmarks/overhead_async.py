@@ -7,21 +7,30 @@ that only pass the call on) and an AsyncReconnectingConnection's, over the
 unix socket of the throwaway test server.  Ours gives that connection the
 ``wait()`` it gives every psycopg connection it makes (see aio.py's
 ``_close_when_cancelled``), which costs what psycopg's own costs; the
-three cursors then share it, so only the wrappers differ.  Printed as by
-overhead.py.
+three cursors then share it, so only the wrappers differ.  Measured in
+several processes and printed as by overhead.py.
 
-    python benchmarks/overhead_async.py [rounds]
+    python benchmarks/overhead_async.py [rounds] [--processes 5]
 
-Target: ours / raw is at most 1.03; the ratio of the two additions is
-counted by ``instructions.py`` (see overhead.py).
+Targets, as for overhead.py: ours adds at most 1.5 times what the
+pass-through adds, and ours / raw is at most 1.03.
 """
 
+import argparse
 import asyncio
+import json
+import os
 import sys
 import time
 
 import psycopg
-from _common import report_three, rotation, test_database
+from _common import (
+    in_processes,
+    report_processes,
+    rotation,
+    test_database,
+    three_additions,
+)
 
 from reconnecting import AsyncReconnectingConnection
 
@@ -52,10 +61,12 @@ async def rotating_round_trips(cursors, rounds):
     return times
 
 
-async def measure(pg, rounds):
-    socket_dir = getattr(pg.server, "socket_dir", None)
+async def measure(rounds):
+    """One process's measurement (the parent's server is named in the
+    environment)."""
+    socket_dir = os.environ["BENCH_SOCKET_DIR"]
     options = {"host": socket_dir} if socket_dir else {}
-    raw = await psycopg.AsyncConnection.connect(pg.dsn, **options)
+    raw = await psycopg.AsyncConnection.connect(os.environ["BENCH_DSN"], **options)
 
     async def same_connection():
         return raw
@@ -65,16 +76,22 @@ async def measure(pg, rounds):
         ours = AsyncReconnectingConnection(same_connection).cursor()
         cursors = [raw.cursor(), AsyncPassThrough(raw.cursor()), ours]
         await rotating_round_trips(cursors, 1000)  # warm up
-        return await rotating_round_trips(cursors, rounds)
+        return three_additions(await rotating_round_trips(cursors, rounds))
     finally:
         await raw.close()
 
 
-def main(rounds=20000):
+def main():
+    if sys.argv[1:2] == ["--child"]:
+        return print(json.dumps(asyncio.run(measure(int(sys.argv[2])))))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rounds", type=int, nargs="?", default=20000)
+    parser.add_argument("--processes", type=int, default=5)
+    args = parser.parse_args()
     with test_database() as pg:
-        times = asyncio.run(measure(pg, rounds))
-    report_three("psycopg AsyncConnection, unix socket", times)
+        runs = in_processes(__file__, (args.rounds,), pg, args.processes)
+    report_processes("psycopg AsyncConnection, unix socket", runs)
 
 
 if __name__ == "__main__":
-    main(*(int(arg) for arg in sys.argv[1:]))
+    main()

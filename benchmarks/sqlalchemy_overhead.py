@@ -27,11 +27,10 @@ Target: a ratio of at most 1.03 with each driver.
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from _common import BLOCK, driver_arguments, test_database
+from _common import BLOCK, driver_arguments, in_processes, test_database
 from sqlalchemy import create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
@@ -105,22 +104,6 @@ def child(driver_name, transport, pairs):
         raw.close()
 
 
-def in_processes(pg, driver, transport, pairs, processes):
-    """Run ``child`` in ``processes`` processes, a hash seed each."""
-    socket_dir = getattr(pg.server, "socket_dir", None)
-    if transport == "unix" and socket_dir is None:
-        return []  # an existing server: TCP only
-    env = dict(os.environ, BENCH_DSN=pg.dsn, BENCH_SOCKET_DIR=socket_dir or "")
-    runs = []
-    for seed in range(processes):
-        env["PYTHONHASHSEED"] = str(seed + 1)
-        args = [sys.executable, __file__, "--child", driver.__name__, transport]
-        args.append(str(pairs))
-        out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
-        runs.append(json.loads(out.stdout))
-    return runs
-
-
 def report(driver_name, transport, runs):
     ratios = [statistics.median(w / d for d, w in run) for run in runs]
     direct = statistics.median(d for run in runs for d, _ in run)
@@ -144,9 +127,12 @@ def main():
     with test_database() as pg:
         for driver in drivers:
             for transport in ("unix", "TCP"):
-                runs = in_processes(pg, driver, transport, pairs, processes)
-                if runs:
-                    report(driver.__name__, transport, runs)
+                if transport == "unix" and not getattr(pg.server, "socket_dir", None):
+                    continue  # an existing server: TCP only
+                runs = in_processes(
+                    __file__, (driver.__name__, transport, pairs), pg, processes
+                )
+                report(driver.__name__, transport, runs)
 
 
 if __name__ == "__main__":
