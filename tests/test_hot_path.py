@@ -6,6 +6,7 @@ and the call takes the long way (connect, or refuse). That exception is
 the cursor's business: no error the caller sees may carry it in its chain.
 """
 
+import asyncio
 import importlib
 
 import pytest
@@ -178,7 +179,6 @@ def test_the_asyncio_connection_hears_a_cancellation_before_psycopg(pg):
     # tells at once when a release changes it. It must not cost the driver
     # connection its fast attributes either.
     psycopg = pytest.importorskip("psycopg")
-    asyncio = importlib.import_module("asyncio")
     from reconnecting import AsyncReconnectingConnection
 
     made = []
@@ -204,7 +204,6 @@ def test_the_asyncio_connection_has_the_same_names_as_the_sync_one(pg):
     # a driver's name reads the driver connection, and a driver subclass's
     # own names come with its first server connection.
     psycopg = pytest.importorskip("psycopg")
-    asyncio = importlib.import_module("asyncio")
     from reconnecting import AsyncReconnectingConnection
 
     class LedgerConnection(psycopg.AsyncConnection):
