@@ -17,6 +17,16 @@ import reconnecting
 ROOT = Path(reconnecting.__file__).resolve().parents[1]
 
 
+def sessions_named(direct, application_name):
+    """How many server sessions go by ``application_name`` (``direct``: a
+    cursor on a connection of its own)."""
+    direct.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+        (application_name,),
+    )
+    return direct.fetchone()[0]
+
+
 def child_env(**extra):
     """The environment for a child Python that imports this package, plus *extra*."""
     path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]

@@ -5,6 +5,7 @@ import importlib
 import threading
 
 import pytest
+from helpers import sessions_named
 
 from reconnecting import CommitOutcomeUnknown, ReconnectingConnection
 from reconnecting.testing import PortForwardTestSetup, wait_until
@@ -31,14 +32,6 @@ class GatedFactory:
         raw = self.connect()
         self.made.append(raw)
         return raw
-
-
-def backends(direct, application_name):
-    direct.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-        (application_name,),
-    )
-    return direct.fetchone()[0]
 
 
 def in_thread(function):
@@ -72,7 +65,7 @@ def test_close_does_not_wait_for_a_reconnect(pg, direct, driver_name):
     using.join()
     assert isinstance(used[0], driver.InterfaceError)
     assert factory.made[0].closed
-    wait_until(lambda: backends(direct, name) == 0)
+    wait_until(lambda: sessions_named(direct, name) == 0)
 
 
 @pytest.mark.parametrize("driver_name", DRIVERS)
@@ -98,6 +91,6 @@ def test_a_late_answer_is_closed(pg, direct, driver_name):
         factory.gate.set()
         wait_until(lambda: len(factory.made) == 2)
         wait_until(lambda: factory.made[1].closed)
-        wait_until(lambda: backends(direct, name) == 0)
+        wait_until(lambda: sessions_named(direct, name) == 0)
         db.rollback()
         db.close()

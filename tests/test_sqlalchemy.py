@@ -12,15 +12,15 @@ import pickle
 
 import pytest
 import sqlalchemy.exc
-from helpers import python_output
-from sqlalchemy import URL, create_engine, text
+from helpers import python_output, sessions_named
+from sqlalchemy import URL, create_engine, event, text
 from sqlalchemy.dialects import registry
 
 from reconnecting import Retry
 from reconnecting.sqlalchemy.aio import ReconnectingAsyncPsycopgDialect
 from reconnecting.sqlalchemy.psycopg import ReconnectingPsycopgDialect
 from reconnecting.sqlalchemy.psycopg2 import ReconnectingPsycopg2Dialect
-from reconnecting.testing import PortForwardTestSetup
+from reconnecting.testing import PortForwardTestSetup, wait_until
 from reconnecting.testing.cluster import Cluster
 from reconnecting.testing.standby import make_standby
 
@@ -206,3 +206,51 @@ def test_an_async_session_keeps_its_server_connection(pg, proxy):
         return len(connects)
 
     assert asyncio.run(sessions()) == 1
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_pooled_connection_never_used_closes_its_server_session(
+    pg, proxy, direct, driver
+):
+    # The dialect connects at checkout (a refusal is SQLAlchemy's connect
+    # error); the wrapper takes that driver connection when first used.
+    # Closed before that, it must close it too, not leave it to the
+    # garbage collector.  (The engine's first connection is used to learn
+    # the server's version: the second one is never used.)
+    name = f"unused_{driver}"
+    engine = proxied(driver, pg, proxy, connect_args={"application_name": name})
+    pooled = []  # kept alive: no garbage collection closes them
+    event.listen(engine, "connect", lambda connection, _: pooled.append(connection))
+    first, second = engine.connect(), engine.connect()
+    first.close(), second.close()
+    assert sessions_named(direct, name) == 2
+    engine.dispose()
+    wait_until(lambda: sessions_named(direct, name) == 0, timeout=10)
+    assert [connection.closed for connection in pooled] == [True, True]
+
+
+def test_an_unused_pooled_asyncio_connection_closes_its_server_session(
+    pg, proxy, direct
+):
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = "unused_async"
+    url = proxied("psycopg", pg, proxy).url.set(
+        drivername="postgresql+reconnecting_psycopg_async"
+    )
+    pooled = []
+
+    async def checkout_and_dispose():
+        engine = create_async_engine(url, connect_args={"application_name": name})
+        event.listen(engine.sync_engine, "connect", lambda c, _: pooled.append(c))
+        first, second = await engine.connect(), await engine.connect()
+        await first.close()
+        await second.close()
+        assert sessions_named(direct, name) == 2
+        await engine.dispose()
+
+    asyncio.run(checkout_and_dispose())
+    wait_until(lambda: sessions_named(direct, name) == 0, timeout=10)
+    assert [connection.closed for connection in pooled] == [True, True]

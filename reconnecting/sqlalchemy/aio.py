@@ -49,6 +49,13 @@ class AsyncConnector:
             raw = self.latest = await self._connect()
         return raw
 
+    def close_unused(self) -> None:
+        """Close the connection made at checkout if it was never asked for
+        (called by the pool, in SQLAlchemy's greenlet)."""
+        raw, self._first = self._first, None
+        if raw is not None:
+            await_(raw.close())
+
 
 class ReconnectingAsyncPsycopgDialect(ReconnectingDialect, PGDialectAsync_psycopg):
     """SQLAlchemy's asyncio psycopg dialect on

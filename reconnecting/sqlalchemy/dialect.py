@@ -77,6 +77,12 @@ class Connector:
             raw = self.latest = self.make()
         return raw
 
+    def close_unused(self) -> None:
+        """Close the connection made at checkout if it was never asked for."""
+        raw, self._first = self._first, None
+        if raw is not None:
+            raw.close()
+
 
 def in_hot_standby(connection: Any) -> bool:
     """What the server told the driver at connect time (no round trip)."""
@@ -151,6 +157,17 @@ class ReconnectingDialect:
         if isinstance(driver, (ReconnectingConnection, AsyncReconnectingConnection)):
             return False
         return is_disconnection(e, driver)
+
+    def do_close(self, dbapi_connection: Any) -> None:
+        # The wrapper knows only the driver connections it asked for: the
+        # one made at checkout is still the connector's until first used.
+        try:
+            super().do_close(dbapi_connection)  # type: ignore[misc]
+        finally:
+            wrapper = self.get_driver_connection(dbapi_connection)  # type: ignore[attr-defined]
+            connector = self._connectors.get(wrapper)
+            if connector is not None:
+                connector.close_unused()
 
     def do_ping(self, dbapi_connection: Any) -> bool:
         wrapper = self.get_driver_connection(dbapi_connection)  # type: ignore[attr-defined]
