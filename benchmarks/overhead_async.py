@@ -26,6 +26,7 @@ import time
 import psycopg
 from _common import (
     in_processes,
+    own_copy,
     report_processes,
     rotation,
     test_database,
@@ -49,15 +50,20 @@ class AsyncPassThrough:
         return await self.cursor.fetchone()
 
 
+async def round_trip(cursor):
+    """As ``_common.round_trip``, awaiting."""
+    started = time.perf_counter()
+    await cursor.execute("SELECT 1")
+    await cursor.fetchone()
+    return time.perf_counter() - started
+
+
 async def rotating_round_trips(cursors, rounds):
     """As ``_common.rotating_round_trips``, awaiting."""
+    timers = [own_copy(round_trip) for _ in cursors]
     times = [[] for _ in cursors]
     for index in rotation(len(cursors), rounds):
-        cursor = cursors[index]
-        started = time.perf_counter()
-        await cursor.execute("SELECT 1")
-        await cursor.fetchone()
-        times[index].append(time.perf_counter() - started)
+        times[index].append(await timers[index](cursors[index]))
     return times
 
 

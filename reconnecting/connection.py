@@ -878,14 +878,18 @@ class ReconnectingCursor(CursorBase):
         # and keyword-only ones cost a dictionary lookup each.
         if prepare is None and binary is None and vars is None:
             try:
-                result = (raw_cursor := self._live).execute(query, params)
+                result = self._live.execute(query, params)
             except _NotLiveError:
                 pass
             except Exception as exc:
                 self._failed(exc, "execute")
                 raise
             else:
-                return self if result is raw_cursor else result  # psycopg2's: None
+                if result is None:  # psycopg2's, at the least cost
+                    return None
+                # psycopg 3's: its cursor, which only this cursor's own
+                # calls replace.
+                return self if result is self._raw_cursor else result
         options = {"prepare": prepare, "binary": binary}
         kwargs = {key: value for key, value in options.items() if value is not None}
         params = params if vars is None else vars

@@ -145,3 +145,13 @@ def test_a_retry_loop_inside_a_block_commits_nothing(proxied):
             with attempt:
                 db.execute("INSERT INTO t VALUES (2)")
     assert values(db) == []
+
+
+def test_execute_returns_the_reconnecting_cursor_not_psycopgs(db):
+    # psycopg's execute() returns its cursor, for chained calls; handing
+    # that one out would let the caller's next fetch bypass the outage rules.
+    cursor = db.cursor()
+    assert cursor.execute("SELECT 1") is cursor
+    assert cursor.execute("SELECT 1", prepare=True) is cursor
+    assert cursor.execute("SELECT %s", (1,), binary=True) is cursor
+    assert type(db.execute("SELECT 1")).__name__ == "ReconnectingCursor"
