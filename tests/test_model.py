@@ -545,8 +545,10 @@ class ConnectionModel(ContractMachine):
         ref = self.ref
         unit = DRIVER == "psycopg2" or not ref.autocommit
         self.block = [] if unit else None
+        entered = False
         try:
             with self.db:
+                entered = True
                 for _ in range(writes):
                     self.write_in_block()
                 if nested_retry:
@@ -557,7 +559,13 @@ class ConnectionModel(ContractMachine):
         except (Retry, InDoubtError, ValueError) as error:
             if not isinstance(error, ValueError):
                 ref.retry()  # told, by the block's end if not by our calls
-            self.block_over(committed=False)
+            if entered:
+                self.block_over(committed=False)  # its end rolled back
+            else:
+                # Refused at its start (a loss not acknowledged yet): the
+                # block never began, so nothing ended it; rollback() is
+                # still the caller's to call.
+                self.block = None
         else:
             self.block_over(committed=True)
         if DRIVER == "psycopg":  # psycopg 3 closes the connection after the block

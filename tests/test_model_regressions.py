@@ -306,6 +306,31 @@ def test_a_block_begun_on_a_lost_connection_says_retry(connect, proxy):
         pass
 
 
+def test_a_with_block_refused_at_its_start_leaves_rollback_to_the_caller(
+    connect, proxy
+):
+    # Found on the fixed code (issue 20), a defect of the model, not of the
+    # connection: start(); bad_setting(); first_use_while_unreachable();
+    # rollback(); with_block(writes=0); bad_setting(): "rollback() cleared
+    # a session loss never told".  The rollback() found the session gone and
+    # left the loss for the next call to tell; the block's __enter__ told it
+    # (Retry) and so never began, and the model had the block's end roll
+    # back, as if it had.  The connection stays disconnected until the
+    # caller's rollback(), which then may clear it: the loss was told.
+    db = connect()
+    cursor = db.cursor()
+    cursor.execute("SELECT 1")
+    proxy.drop()
+    db.rollback()  # finds the server connection gone: nothing told yet
+    assert repr(db).split()[1] == "disconnected"
+    with pytest.raises(Retry), db:
+        pytest.fail("the block began on a loss not told")
+    assert repr(db).split()[1] == "disconnected"  # told, not acknowledged
+    db.rollback()
+    cursor.execute("SELECT 1")
+    assert cursor.fetchone() == (1,)
+
+
 # -- asyncio ------------------------------------------------------------------
 
 
