@@ -707,6 +707,7 @@ class CursorBase:
 
     _NOTHING_KEPT: Any = None  # what _kept holds when nothing is kept
     _NOT_LIVE: Any = _NOT_LIVE  # what _live holds when the hot path is closed
+    _NOT_LIVE_ERROR = _NotLiveError  # what each method of _NOT_LIVE raises
     # The driver cursor classes whose names the class has (add_driver_attributes).
     _driver_classes: frozenset[type] | set[type] = frozenset()
 
@@ -742,8 +743,7 @@ class CursorBase:
         except Exception:
             return  # told by the first call, which makes it again
         self._raw_cursor, self._raw_connection = raw_cursor, raw
-        if type(raw_cursor) not in self._driver_classes:
-            add_driver_attributes(type(self), raw_cursor)
+        self._meet(raw_cursor)
         self._live = raw_cursor
         if raw is not connection._current:  # changed meanwhile: see _cursor_on
             self._live = _NOT_LIVE
@@ -772,8 +772,7 @@ class CursorBase:
                 setattr(raw_cursor, name, value)
             self._raw_cursor, self._raw_connection = raw_cursor, raw
             self._kept = self._NOTHING_KEPT
-            if type(raw_cursor) not in self._driver_classes:
-                add_driver_attributes(type(self), raw_cursor)
+            self._meet(raw_cursor)
         if raw is connection._current and not self._kept:
             self._live = self._raw_cursor
             # No lock: the connection changes _current before it ends its
@@ -781,6 +780,12 @@ class CursorBase:
             if raw is not connection._current:
                 self._live = _NOT_LIVE
         return self._raw_cursor
+
+    def _meet(self, raw_cursor: Any) -> None:
+        """Called with each driver cursor made: give the class the names of
+        a kind of driver cursor new to it."""
+        if type(raw_cursor) not in self._driver_classes:
+            add_driver_attributes(type(self), raw_cursor)
 
     def _detach(self) -> None:
         """Forget the driver cursor, for close()."""
@@ -834,11 +839,28 @@ class ReconnectingCursor(CursorBase):
     __slots__ = ()
     _connection: ReconnectingConnection
     _kept: _KeptResult | None
+    # Our class for each kind of driver cursor met: see _meet().
+    _classes: dict[type, type[ReconnectingCursor]] = {}
 
     @property
     def connection(self) -> ReconnectingConnection:
         """The :class:`ReconnectingConnection` this cursor belongs to."""
         return self._connection
+
+    def _meet(self, raw_cursor: Any) -> None:
+        """Take the class whose ``execute()`` fits ``raw_cursor``'s: psycopg
+        3's cursors return themselves (see _PsycopgCursor)."""
+        kind = type(raw_cursor)
+        cls = self._classes.get(kind)
+        if cls is None:
+            add_driver_attributes(ReconnectingCursor, raw_cursor)
+            execute = getattr(kind, "execute", None)
+            package = getattr(execute, "__module__", None) or ""
+            returns_itself = package.partition(".")[0] == "psycopg"
+            cls = _PsycopgCursor if returns_itself else ReconnectingCursor
+            self._classes[kind] = cls
+        if type(self) is not cls and type(self) in (ReconnectingCursor, _PsycopgCursor):
+            self.__class__ = cls  # (a subclass of someone else's stays as it is)
 
     def _failed(self, exc: Exception, name: str) -> None:
         """The hot path's error handler: raise what an outage of the server
@@ -887,9 +909,15 @@ class ReconnectingCursor(CursorBase):
             else:
                 if result is None:  # psycopg2's, at the least cost
                     return None
-                # psycopg 3's: its cursor, which only this cursor's own
-                # calls replace.
+                # Another driver's own cursor: ours instead.  Only this
+                # cursor's own calls replace _raw_cursor.
                 return self if result is self._raw_cursor else result
+        return self._execute(query, params, prepare, binary, vars)
+
+    def _execute(
+        self, query: Any, params: Any, prepare: Any, binary: Any, vars: Any
+    ) -> Any:
+        """``execute()`` off the hot path (its frame stays small)."""
         options = {"prepare": prepare, "binary": binary}
         kwargs = {key: value for key, value in options.items() if value is not None}
         params = params if vars is None else vars
@@ -980,6 +1008,42 @@ class ReconnectingCursor(CursorBase):
 
 
 add_driver_attributes(ReconnectingCursor, DRIVER_CURSOR_NAMES)
+
+
+class _PsycopgCursor(ReconnectingCursor):
+    """A :class:`ReconnectingCursor` whose driver cursor is one of psycopg
+    3's own, whose ``execute()`` returns itself: this one's returns itself
+    without asking.  A cursor takes this class when it makes such a driver
+    cursor (``_meet``), and keeps the name: it is the same cursor, on the
+    hot path it costs a comparison less, and that is measurable (see
+    docs/development.rst).
+    """
+
+    __slots__ = ()
+
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+        vars: Any = None,  # noqa: A002 (psycopg2's name for params)
+    ) -> Any:
+        if prepare is None and binary is None and vars is None:
+            try:
+                self._live.execute(query, params)
+                return self
+            except _NotLiveError:
+                pass
+            except Exception as exc:
+                self._failed(exc, "execute")
+                raise
+        return self._execute(query, params, prepare, binary, vars)
+
+    execute.__doc__ = ReconnectingCursor.execute.__doc__
+
+
+_PsycopgCursor.__name__ = _PsycopgCursor.__qualname__ = ReconnectingCursor.__name__
 
 
 class TransactionBlock:

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from reconnecting import ReconnectingConnection, Retry, attempts
+from reconnecting import ReconnectingConnection, ReconnectingCursor, Retry, attempts
 from reconnecting.testing import PortForwardTestSetup, wait_until
 
 psycopg = pytest.importorskip("psycopg")
@@ -155,3 +155,30 @@ def test_execute_returns_the_reconnecting_cursor_not_psycopgs(db):
     assert cursor.execute("SELECT 1", prepare=True) is cursor
     assert cursor.execute("SELECT %s", (1,), binary=True) is cursor
     assert type(db.execute("SELECT 1")).__name__ == "ReconnectingCursor"
+
+
+def test_execute_returns_what_a_cursor_subclass_returns(pg):
+    # psycopg's own cursors take the hot path that returns ours without
+    # asking; a subclass with an execute() of its own is asked.
+    class CountingCursor(psycopg.Cursor):
+        def execute(self, query, params=None, **kwargs):
+            super().execute(query, params, **kwargs)
+            return self.rowcount
+
+    db = ReconnectingConnection(
+        lambda: psycopg.connect(pg.dsn, cursor_factory=CountingCursor)
+    )
+    cursor = db.cursor()
+    assert cursor.execute("SELECT 1") == 1
+    assert cursor.execute("SELECT generate_series(1, 3)") == 3
+    plain = ReconnectingConnection(lambda: psycopg.connect(pg.dsn)).cursor()
+    assert plain.execute("SELECT 1") is plain
+    # Both are ReconnectingCursors by every name they show.
+    for each in (cursor, plain):
+        assert isinstance(each, ReconnectingCursor)
+        assert type(each).__name__ == "ReconnectingCursor"
+        assert repr(each).startswith("<reconnecting.connection.ReconnectingCursor open")
+        with pytest.raises(AttributeError, match="'ReconnectingCursor' object has no"):
+            each.arraysise = 100
+    db.close()
+    plain.connection.close()
