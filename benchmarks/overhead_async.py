@@ -10,7 +10,7 @@ unix socket of the throwaway test server.  Ours gives that connection the
 three cursors then share it, so only the wrappers differ.  Measured in
 several processes and printed as by overhead.py.
 
-    python benchmarks/overhead_async.py [rounds] [--processes 5]
+    python benchmarks/overhead_async.py [rounds] [--processes 25]
 
 Targets, as for overhead.py: ours adds at most 1.5 times what the
 pass-through adds, and ours / raw is at most 1.03.
@@ -92,7 +92,7 @@ def main():
         return print(json.dumps(asyncio.run(measure(int(sys.argv[2])))))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rounds", type=int, nargs="?", default=20000)
-    parser.add_argument("--processes", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=25)
     args = parser.parse_args()
     with test_database() as pg:
         runs = in_processes(__file__, (args.rounds,), pg, args.processes)
